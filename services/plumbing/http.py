@@ -7,17 +7,22 @@ Every error is JSON: {"error": code, "message": ..., "errors": [{"field", "reaso
 from __future__ import annotations
 
 import json
+import re
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Type
 
 from nameko.exceptions import BadRequest as NamekoBadRequest
+from nameko.constants import WEB_SERVER_CONFIG_KEY
 from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, parse_address
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from services.contracts.checklists import ChecklistLookupError
+from services.contracts.errors import DomainError, UnknownReference
 from services.plumbing import metrics
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,23 @@ class ApiRoute:
 
 
 # Routes of every service started in this process, for the OpenAPI document.
-ROUTES: dict[tuple[str, str], ApiRoute] = {}
+ROUTES: dict[tuple[str, str, str], ApiRoute] = {}
+
+
+class ServiceWebServer(WebServer):
+    """Each service listens on its own address, so several services can share a process.
+
+    nameko's WebServer is shared per container, not per process: two services in one
+    `nameko run` would both bind WEB_SERVER_ADDRESS (with SO_REUSEPORT) and split the
+    requests between two URL maps. WEB_ADDRESSES maps a service name to its address.
+    """
+
+    @property
+    def bind_addr(self):
+        config = self.container.config
+        per_service = config.get("WEB_ADDRESSES") or {}
+        address = per_service.get(self.container.service_name) or config.get(WEB_SERVER_CONFIG_KEY, "0.0.0.0:8000")
+        return parse_address(address)
 
 
 class JsonApi(HttpRequestHandler):
@@ -114,6 +135,8 @@ class JsonApi(HttpRequestHandler):
     The worker method receives the validated `body` (and `query`) as keyword arguments
     after the request and path values.
     """
+
+    server = ServiceWebServer()
 
     def __init__(self, method, url, body: Type[BaseModel] | None = None, response: Any = None,
                  status: int = 200, query: Type[BaseModel] | None = None, summary: str = "",
@@ -126,14 +149,20 @@ class JsonApi(HttpRequestHandler):
         self.description = description
         self.tags = tags or []
         self.raw = raw
+        # Client errors are expected: nameko then logs them as warnings, not as crashes.
+        kwargs.setdefault("expected_exceptions", (DomainError, ApiError, ValidationError, ChecklistLookupError))
         super().__init__(method, url, **kwargs)
+
+    @property
+    def _path_fields(self) -> set[str]:
+        return set(re.findall(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", self.url))
 
     def setup(self):
         super().setup()
         service = self.container.service_name
         self.max_body = int(self.container.config.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
         if not self.raw:
-            ROUTES[(self.method, self.url)] = ApiRoute(
+            ROUTES[(service, self.method, self.url)] = ApiRoute(
                 service, self.method, self.url, self.summary, self.body_model, self.response_model,
                 self.status, self.query_model, self.tags or [service], self.description)
 
@@ -191,6 +220,14 @@ class JsonApi(HttpRequestHandler):
         return json_response(result, status=status, headers=headers)
 
     def response_from_exception(self, exc):
+        if isinstance(exc, DomainError):
+            status = exc.status
+            # An unknown id in the body is a bad body, not a missing resource.
+            if isinstance(exc, UnknownReference) and exc.field not in self._path_fields:
+                status = 422
+            return error_response(status, exc.code, exc.reason, [{"field": exc.field, "reason": exc.reason}])
+        if isinstance(exc, ChecklistLookupError):
+            return error_response(404, "not_found", str(exc))
         if isinstance(exc, ApiError):
             return error_response(exc.status, exc.code, exc.message, exc.errors)
         if isinstance(exc, ValidationError):

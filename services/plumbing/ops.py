@@ -1,7 +1,9 @@
-"""Operator endpoints for the whole process: /health, /metrics, /openapi.json.
+"""Operator endpoints every service inherits: /health, /metrics, /openapi.json.
 
-Run it beside the services (`nameko run services.plumbing.ops ...`); it reports on every
-service started in the same process.
+    class InspectionService(OpsEndpoints): ...
+
+/health checks the databases of every service in the process and the broker; /metrics is
+the process's Prometheus registry; /openapi.json describes this service's routes.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from services.plumbing.http import ROUTES, api, json_response
 from services.plumbing.openapi import build_openapi
 
 
-class OpsService:
-    name = "ops"
+class OpsEndpoints:
+    name: str
     config = Config()
 
     @api("GET", "/health", raw=True)
@@ -39,8 +41,8 @@ class OpsService:
         except Exception as exc:
             checks["broker"] = f"error: {exc.__class__.__name__}"
             healthy = False
-        return json_response({"status": "ok" if healthy else "degraded", "checks": checks},
-                             status=200 if healthy else 503)
+        return json_response({"status": "ok" if healthy else "degraded", "service": self.name,
+                              "checks": checks}, status=200 if healthy else 503)
 
     @api("GET", "/metrics", raw=True)
     def metrics(self, request):
@@ -48,4 +50,5 @@ class OpsService:
 
     @api("GET", "/openapi.json", raw=True)
     def openapi(self, request):
-        return json_response(build_openapi(list(ROUTES.values())))
+        routes = [r for r in ROUTES.values() if r.service == self.name]
+        return json_response(build_openapi(routes, title=f"Chuangwei 创卫 {self.name} API"))

@@ -1,0 +1,91 @@
+"""Tables owned by the inspection service (prefixed: several services may share a database)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from services.plumbing.idempotency import make_processed_events_table
+from services.plumbing.outbox import make_outbox_table
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Subject(Base):
+    __tablename__ = "inspection_subjects"
+    __table_args__ = (UniqueConstraint("node", "subject_type", "name", name="uq_inspection_subject_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_type: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str] = mapped_column(String(12), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    contacts: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Place(Base):
+    __tablename__ = "inspection_places"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    place_type: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(500))
+    lat: Mapped[float | None] = mapped_column(Float)
+    lng: Mapped[float | None] = mapped_column(Float)
+    node: Mapped[str] = mapped_column(String(12), index=True)
+    responsible_subject_id: Mapped[str | None] = mapped_column(ForeignKey("inspection_subjects.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Inspection(Base):
+    __tablename__ = "inspection_inspections"
+    __table_args__ = (Index("ix_inspection_subject_time", "subject_id", "inspected_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(ForeignKey("inspection_subjects.id"))
+    place_id: Mapped[str | None] = mapped_column(ForeignKey("inspection_places.id"))
+    catalogue_id: Mapped[str] = mapped_column(String(64))
+    checklist_version: Mapped[str] = mapped_column(String(32))
+    checklist_code: Mapped[str] = mapped_column(String(64))
+    inspectors: Mapped[list] = mapped_column(JSON)
+    inspected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text)
+    scale: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float)
+    points_available: Mapped[float | None] = mapped_column(Float)
+    points_deducted: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    results: Mapped[list["ItemResult"]] = relationship(
+        back_populates="inspection", cascade="all, delete-orphan", order_by="ItemResult.position")
+
+
+class ItemResult(Base):
+    __tablename__ = "inspection_item_results"
+    __table_args__ = (UniqueConstraint("inspection_id", "item_code", name="uq_inspection_item"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspection_inspections.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    item_code: Mapped[str] = mapped_column(String(32))
+    category_code: Mapped[str] = mapped_column(String(32))
+    findings: Mapped[int] = mapped_column(Integer)
+    deduction: Mapped[float] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[list] = mapped_column(JSON, default=list)
+    lat: Mapped[float | None] = mapped_column(Float)
+    lng: Mapped[float | None] = mapped_column(Float)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    inspection: Mapped[Inspection] = relationship(back_populates="results")
+
+
+outbox = make_outbox_table(Base.metadata, "inspection")
+processed_events = make_processed_events_table(Base.metadata, "inspection")

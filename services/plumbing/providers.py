@@ -1,0 +1,55 @@
+"""Small dependency providers every service may need: the stack's identity and catalogue."""
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+
+from nameko.extensions import DependencyProvider
+
+from services.contracts.checklists import Catalogue, load_catalogue
+from services.contracts.nodes import NodeTree, load_node_tree, tier_of, Tier
+from services.plumbing.config import home_node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackIdentity:
+    """Who this stack is: its home node, tier and (if loaded) the named division tree."""
+    home: str
+    tier: Tier
+    tree: NodeTree | None
+
+    def name_of(self, code: str) -> str | None:
+        return self.tree.name_of(code) if self.tree else None
+
+
+class Identity(DependencyProvider):
+    """Config: NODE_CODE (required), DIVISIONS_FILES (optional glob(s) of NBS-format CSVs)."""
+
+    def setup(self):
+        config = self.container.config
+        home = home_node(config)
+        patterns = config.get("DIVISIONS_FILES") or []
+        if isinstance(patterns, str):
+            patterns = [p for p in patterns.split(",") if p]
+        files = sorted(f for p in patterns for f in glob.glob(p))
+        if patterns and not files:
+            raise RuntimeError(f"DIVISIONS_FILES {patterns} matched no file")
+        tree = load_node_tree(home, files) if files else None
+        self.identity = StackIdentity(home=home, tier=tier_of(home), tree=tree)
+
+    def get_dependency(self, worker_ctx):
+        return self.identity
+
+
+class CatalogueProvider(DependencyProvider):
+    """Config: CHECKLIST_CATALOGUE (optional path to an office's own YAML catalogue)."""
+
+    def setup(self):
+        path = self.container.config.get("CHECKLIST_CATALOGUE") or None
+        self.catalogue: Catalogue = load_catalogue(path)
+
+    def get_dependency(self, worker_ctx):
+        return self.catalogue
