@@ -11,7 +11,7 @@ from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.checklists import Catalogue, ChecklistLookupError
@@ -185,6 +185,11 @@ def _apply(insp: Inspection, data: InspectionIn, sheet) -> None:
     insp.inspected_at = data.inspected_at
     insp.note = data.note
     insp.scale = sheet.scale
+    session = object_session(insp)
+    if session is not None and insp.results:
+        # Delete the draft's old rows before inserting their replacements (unique item per inspection).
+        insp.results.clear()
+        session.flush()
     insp.results = [
         ItemResult(position=i, item_code=s.item.code, category_code=s.category.code, findings=s.findings,
                    deduction=s.deduction, note=s.note,

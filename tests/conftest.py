@@ -1,0 +1,120 @@
+"""Fixtures: real broker and database, fresh per test (vhost and database), never skipped.
+
+Where a Docker engine exists, pytest-docker starts RabbitMQ and PostgreSQL from
+docker-compose.yml; otherwise the running local services are used (AMQP_URI,
+RABBIT_API_URI, TEST_PG_ADMIN_URL override the defaults).
+"""
+from __future__ import annotations
+
+# nameko needs a monkey-patched world, and it must come before anything opens a socket.
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests import support
+
+
+def _docker_engine_available() -> bool:
+    if os.environ.get("CHUANGWEI_USE_DOCKER") == "0" or not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file():
+    return str(support.ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def infrastructure(request):
+    """Where the broker and the database are: compose-started or already running."""
+    if _docker_engine_available():
+        docker_services = request.getfixturevalue("docker_services")
+        docker_ip = request.getfixturevalue("docker_ip")
+        amqp = f"amqp://guest:guest@{docker_ip}:{docker_services.port_for('rabbitmq', 5672)}/"
+        api = f"http://guest:guest@{docker_ip}:{docker_services.port_for('rabbitmq', 15672)}"
+        pg = f"postgresql://postgres:postgres@{docker_ip}:{docker_services.port_for('postgres', 5432)}/postgres"
+        docker_services.wait_until_responsive(timeout=90.0, pause=1.0,
+                                              check=lambda: _reachable(amqp, pg))
+    else:
+        amqp = os.environ.get("AMQP_URI", support.DEFAULT_AMQP_URI)
+        api = os.environ.get("RABBIT_API_URI", support.DEFAULT_RABBIT_API)
+        pg = os.environ.get("TEST_PG_ADMIN_URL", support.DEFAULT_PG_ADMIN_URL)
+    support.check_broker(amqp)
+    return {"amqp_uri": amqp, "rabbit_api": api, "pg_admin_url": pg}
+
+
+def _reachable(amqp: str, pg: str) -> bool:
+    try:
+        support.check_broker(amqp)
+        support.PostgresAdmin(pg)._connect().close()
+        return True
+    except support.InfrastructureMissing:
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbit_admin(infrastructure):
+    return support.RabbitAdmin(infrastructure["rabbit_api"])
+
+
+@pytest.fixture
+def vhost(infrastructure, rabbit_admin):
+    name = support.unique_name("chuangwei-test")
+    rabbit_admin.create_vhost(name)
+    yield name
+    rabbit_admin.delete_vhost(name)
+
+
+@pytest.fixture
+def amqp_uri(infrastructure, vhost):
+    return support.with_vhost(infrastructure["amqp_uri"], vhost)
+
+
+@pytest.fixture(scope="session")
+def pg_admin(infrastructure):
+    return support.PostgresAdmin(infrastructure["pg_admin_url"])
+
+
+@pytest.fixture
+def database_url(pg_admin):
+    name = support.unique_name("chuangwei_test")
+    url = pg_admin.create_database(name)
+    yield url
+    pg_admin.drop_database(name)
+
+
+@pytest.fixture
+def make_database(pg_admin):
+    """Several fresh databases in one test (one per stack in the system tests)."""
+    created = []
+
+    def make():
+        name = support.unique_name("chuangwei_test")
+        created.append(name)
+        return pg_admin.create_database(name)
+    yield make
+    for name in created:
+        pg_admin.drop_database(name)
+
+
+@pytest.fixture
+def event_tap(amqp_uri):
+    taps = []
+
+    def make(*bindings):
+        tap = support.EventTap(amqp_uri, list(bindings))
+        taps.append(tap)
+        return tap
+    yield make
+    for tap in taps:
+        tap.close()

@@ -1,0 +1,273 @@
+"""The inspection service over real HTTP, a real PostgreSQL database and a real RabbitMQ."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from services.contracts.events import parse_event
+from services.contracts.events.inspection import InspectionSubmitted
+from services.inspection.models import Inspection, outbox
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+STREET = "411502008000"       # 金牛山街道
+COMMUNITY = "411502008001"    # 周家山社区
+OTHER_DISTRICT_COMMUNITY = "411503001001"
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat()
+
+
+def register(api):
+    subject = api.post("/subjects", {"subject_type": "child_unit", "node": COMMUNITY, "name": "周家山社区"})
+    assert subject.status_code == 201, subject.text
+    subject = subject.json()
+    place = api.post("/places", {"place_type": "public_toilet", "name": "周家山路公厕", "node": COMMUNITY,
+                                 "address": "周家山路12号", "gps": {"lat": 32.12, "lng": 114.05},
+                                 "responsible_subject_id": subject["subject_id"]})
+    assert place.status_code == 201, place.text
+    return subject, place.json()
+
+
+def inspection_body(subject, place, **overrides):
+    body = {
+        "kind": "routine", "subject_id": subject["subject_id"], "place_id": place["place_id"],
+        "checklist": {"version": "2010.1", "code": "public-toilet"},
+        "inspectors": ["王芳", "李强"],
+        "inspected_at": iso(datetime.now(timezone.utc) - timedelta(hours=1)),
+        "results": [
+            {"item_code": "PT-02", "findings": 2, "note": "便池有积粪",
+             "evidence": [{"uri": "photos/pt-02.jpg", "sha256": "a" * 64}]},
+            {"item_code": "PT-03", "findings": 1, "deduction": 3},
+            {"item_code": "PT-01", "findings": 0},
+        ],
+    }
+    body.update(overrides)
+    return body
+
+
+def counts(database_url):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return (conn.execute(select(func.count()).select_from(Inspection.__table__)).scalar_one(),
+                    conn.execute(select(func.count()).select_from(outbox)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_submitted_inspection_is_scored_and_published(inspection_stack, event_tap):
+    api = inspection_stack["api"]
+    tap = event_tap(("inspection.events", "inspection_submitted"))
+    subject, place = register(api)
+
+    response = api.post("/inspections", inspection_body(subject, place))
+    assert response.status_code == 201, response.text
+    inspection = response.json()
+    # PT-02: 2 findings × 5 = 10; PT-03: explicit 3 → 100 - 13 on a 100-point checklist.
+    assert inspection["status"] == "submitted"
+    assert inspection["score"] == 87.0
+    assert inspection["points_deducted"] == 13.0
+
+    [message] = tap.wait_for("inspection_submitted")
+    envelope, payload = parse_event(message, "inspection_submitted")
+    assert isinstance(payload, InspectionSubmitted)
+    assert envelope.producer.node == STREET and envelope.producer.service == "inspection"
+    assert str(payload.inspection_id) == inspection["inspection_id"]
+    assert payload.score == 87.0
+    assert payload.subject.node == COMMUNITY
+    assert payload.place.responsible_subject_id == subject["subject_id"]
+    assert sorted(f.item_code for f in payload.findings) == ["PT-02", "PT-03"]  # PT-01 had no finding
+    pt02 = next(f for f in payload.findings if f.item_code == "PT-02")
+    assert pt02.deadline_hours == 0 and pt02.evidence[0].sha256 == "a" * 64
+
+    stored = api.get(f"/inspections/{inspection['inspection_id']}").json()
+    assert stored["score"] == 87.0 and len(stored["results"]) == 3
+
+
+def test_retried_submission_returns_the_same_inspection_and_publishes_once(inspection_stack, event_tap):
+    api = inspection_stack["api"]
+    tap = event_tap(("inspection.events", "#"))
+    subject, place = register(api)
+    body = inspection_body(subject, place, idempotency_key="phone-7f3a-001")
+
+    first = api.post("/inspections", body)
+    second = api.post("/inspections", body)
+    third = api.post("/inspections", {k: v for k, v in body.items() if k != "idempotency_key"},
+                     headers={"Idempotency-Key": "phone-7f3a-001"})
+    assert first.status_code == 201 and second.status_code == 200 and third.status_code == 200
+    assert first.json()["inspection_id"] == second.json()["inspection_id"] == third.json()["inspection_id"]
+    tap.wait_for("inspection_submitted")
+    support.wait_until(lambda: counts(inspection_stack["database_url"])[1] == 1, message="one outbox row")
+    assert len([e for e in tap.drain() if e["event_type"] == "inspection_submitted"]) == 1
+    assert counts(inspection_stack["database_url"]) == (1, 1)
+
+
+BAD_INPUTS = [
+    ("unknown subject", lambda s, p: inspection_body(s, p, subject_id="no-such-subject"), 422, "subject_id"),
+    ("unknown item", lambda s, p: inspection_body(s, p, results=[{"item_code": "XX-99", "findings": 1}]),
+     422, "results[0].item_code"),
+    ("deduction above cap", lambda s, p: inspection_body(s, p, results=[{"item_code": "PT-02", "findings": 1,
+                                                                         "deduction": 21}]),
+     422, "results[0].deduction"),
+    ("future time", lambda s, p: inspection_body(
+        s, p, inspected_at=iso(datetime.now(timezone.utc) + timedelta(days=1))), 422, "inspected_at"),
+    ("negative findings", lambda s, p: inspection_body(s, p, results=[{"item_code": "PT-02", "findings": -1}]),
+     422, "results[0].findings"),
+    ("unknown checklist", lambda s, p: inspection_body(s, p, checklist={"version": "2010.1", "code": "nope"}),
+     422, "checklist.code"),
+    ("unknown version", lambda s, p: inspection_body(s, p, checklist={"version": "1999", "code": "public-toilet"}),
+     422, "checklist.version"),
+    ("checklist for another place type", lambda s, p: inspection_body(
+        s, p, checklist={"version": "2010.1", "code": "river"}, results=[]), 422, "checklist.code"),
+    ("unknown field", lambda s, p: {**inspection_body(s, p), "scorez": 100}, 422, "scorez"),
+    ("duplicate item", lambda s, p: inspection_body(s, p, results=[{"item_code": "PT-02", "findings": 1},
+                                                                   {"item_code": "PT-02", "findings": 1}]),
+     422, "body"),
+]
+
+
+@pytest.mark.parametrize("case,make_body,status,field", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_refused_with_the_field_and_stores_nothing(inspection_stack, case, make_body, status, field):
+    api = inspection_stack["api"]
+    subject, place = register(api)
+    response = api.post("/inspections", make_body(subject, place))
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["errors"], error
+    assert any(e["field"] == field for e in error["errors"]), error
+    assert all(e["reason"] for e in error["errors"])
+    assert counts(inspection_stack["database_url"]) == (0, 0)
+
+
+def test_malformed_and_oversize_bodies(inspection_stack):
+    api = inspection_stack["api"]
+    malformed = api.request("POST", "/inspections", data=b'{"kind": "routine",',
+                            headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400
+    assert malformed.json()["error"] == "malformed_json"
+    oversize = api.request("POST", "/inspections", data=b'{"note": "' + b"x" * 300_000 + b'"}',
+                           headers={"Content-Type": "application/json"})
+    assert oversize.status_code == 413
+    assert oversize.json()["errors"][0]["field"] == "body"
+    assert counts(inspection_stack["database_url"]) == (0, 0)
+
+
+def test_registry_refuses_nodes_outside_the_jurisdiction(inspection_stack):
+    api = inspection_stack["api"]
+    outside = api.post("/subjects", {"subject_type": "child_unit", "node": OTHER_DISTRICT_COMMUNITY, "name": "外区社区"})
+    assert outside.status_code == 422
+    assert outside.json()["errors"][0]["field"] == "node"
+    malformed = api.post("/subjects", {"subject_type": "child_unit", "node": "41150200800X", "name": "坏代码"})
+    assert malformed.status_code == 422 and malformed.json()["errors"][0]["field"] == "node"
+    unknown = api.post("/subjects", {"subject_type": "child_unit", "node": "411502008999", "name": "不存在"})
+    assert unknown.status_code == 422 and "not a known division code" in unknown.json()["errors"][0]["reason"]
+    assert api.get("/subjects").json() == []
+
+
+def test_draft_then_submit(inspection_stack, event_tap):
+    api = inspection_stack["api"]
+    tap = event_tap(("inspection.events", "inspection_submitted"))
+    subject, place = register(api)
+    draft = api.post("/inspections", inspection_body(subject, place, submit=False))
+    assert draft.status_code == 201 and draft.json()["status"] == "draft" and draft.json()["score"] is None
+    draft_id = draft.json()["inspection_id"]
+    edited = api.put(f"/inspections/{draft_id}", inspection_body(
+        subject, place, submit=False, results=[{"item_code": "PT-05", "findings": 1}]))
+    assert edited.status_code == 200, edited.text
+    submitted = api.post(f"/inspections/{draft_id}/submit")
+    assert submitted.status_code == 200, submitted.text
+    assert submitted.json()["status"] == "submitted"
+    [event] = tap.wait_for("inspection_submitted")
+    assert [f["item_code"] for f in event["payload"]["findings"]] == ["PT-05"]
+    again = api.post(f"/inspections/{draft_id}/submit")
+    assert again.status_code == 409
+    assert api.get("/inspections/does-not-exist").status_code == 404
+
+
+def test_event_committed_before_a_crash_is_published_on_restart(amqp_uri, database_url, event_tap):
+    """A row committed with its outbox event but never relayed (the process died) is sent later."""
+    from services.contracts.checklists import default_catalogue
+    from services.contracts.events import Producer
+    from services.inspection import operations as ops
+    from services.inspection.schemas import InspectionIn, PlaceCreate, SubjectCreate
+    from services.inspection.service import InspectionService
+    from services.plumbing.db import make_engine, run_migrations
+    from services.plumbing.outbox import WorkerOutbox, event_exchange_name
+    from sqlalchemy.orm import Session
+
+    engine = make_engine(database_url)
+    from services.inspection.service import MIGRATIONS
+    run_migrations(engine, MIGRATIONS, "alembic_version_inspection")
+
+    class NoRelayProvider:  # what a crashed process leaves behind: committed rows, no relay
+        table = outbox
+        exchange_name = event_exchange_name("inspection")
+
+    jurisdiction = ops.Jurisdiction(STREET)
+    with Session(engine) as session, session.begin():
+        subject = ops.register_subject(session, SubjectCreate(subject_type="child_unit", node=COMMUNITY,
+                                                              name="周家山社区"), jurisdiction)
+        data = InspectionIn(kind="unannounced", subject_id=subject.subject_id,
+                            checklist={"version": "2010.1", "code": "national-ten-areas"}, inspectors=["暗访组"],
+                            inspected_at=datetime.now(timezone.utc), results=[])
+        inspection, _ = ops.record_inspection(session, data, default_catalogue(), jurisdiction,
+                                              WorkerOutbox(NoRelayProvider(), Producer(node=STREET, service="inspection")),
+                                              100)
+    engine.dispose()
+    tap = event_tap(("inspection.events", "inspection_submitted"))
+    assert tap.drain() == []
+
+    port = support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"inspection": f"127.0.0.1:{port}"})
+    with support.running_services(config, InspectionService):
+        [event] = tap.wait_for("inspection_submitted")
+    assert event["payload"]["inspection_id"] == inspection.inspection_id
+    assert event["payload"]["kind"] == "unannounced" and event["payload"]["score"] == 100.0
+
+
+def test_a_separate_process_consumes_the_event(inspection_stack):
+    api = inspection_stack["api"]
+    env = dict(os.environ, AMQP_URI=inspection_stack["amqp_uri"])
+    proc = subprocess.Popen([sys.executable, "-m", "services.tools.tail_events", "--exchange", "inspection.events",
+                             "--count", "1", "--timeout", "30"], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=support.ROOT)
+    try:
+        assert json.loads(proc.stdout.readline())["ready"] is True
+        subject, place = register(api)
+        inspection = api.post("/inspections", inspection_body(subject, place)).json()
+        line = proc.stdout.readline()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    event = json.loads(line)
+    assert event["event_type"] == "inspection_submitted"
+    assert event["payload"]["inspection_id"] == inspection["inspection_id"]
+
+
+def test_health_metrics_and_openapi(inspection_stack):
+    api = inspection_stack["api"]
+    subject, place = register(api)
+    assert api.post("/inspections", inspection_body(subject, place)).status_code == 201
+    health = api.get("/health")
+    assert health.status_code == 200 and health.json()["checks"]["database:inspection"] == "ok"
+    metrics = api.get("/metrics").text
+    assert 'chuangwei_inspections_submitted_total{kind="routine"}' in metrics
+    assert "chuangwei_inspection_score_bucket" in metrics
+    assert "chuangwei_http_request_seconds_bucket" in metrics
+    assert "chuangwei_outbox_backlog" in metrics
+    spec = api.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    post = spec["paths"]["/inspections"]["post"]
+    schema_ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert "王芳" in json.dumps(schema["examples"], ensure_ascii=False)
+    assert "/inspections/{inspection_id}" in spec["paths"]

@@ -1,0 +1,233 @@
+"""Real infrastructure for the tests: a fresh RabbitMQ vhost, a fresh PostgreSQL
+database, services run in-process by nameko's ServiceRunner, an HTTP client and an
+event tap. Nothing here is mocked; when the broker or the database is unreachable the
+fixtures fail loudly (they never skip).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_RABBIT_API = "http://guest:guest@127.0.0.1:15672"
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class InfrastructureMissing(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_vhost(amqp_uri: str, vhost: str) -> str:
+    parts = urlsplit(amqp_uri)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+
+
+class RabbitAdmin:
+    """Creates and deletes vhosts through the management API, or rabbitmqctl if that is all there is."""
+
+    def __init__(self, api_uri: str = DEFAULT_RABBIT_API):
+        parts = urlsplit(api_uri)
+        self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}/api"
+        self.auth = (parts.username or "guest", parts.password or "guest")
+        self.user = self.auth[0]
+
+    def _api_ok(self) -> bool:
+        try:
+            return requests.get(f"{self.base}/overview", auth=self.auth, timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def create_vhost(self, name: str) -> None:
+        if self._api_ok():
+            vh = quote(name, safe="")
+            r = requests.put(f"{self.base}/vhosts/{vh}", auth=self.auth, timeout=10)
+            r.raise_for_status()
+            r = requests.put(f"{self.base}/permissions/{vh}/{self.user}", auth=self.auth, timeout=10,
+                             json={"configure": ".*", "write": ".*", "read": ".*"})
+            r.raise_for_status()
+            return
+        if shutil.which("rabbitmqctl"):
+            subprocess.run(["rabbitmqctl", "add_vhost", name], check=True, capture_output=True)
+            subprocess.run(["rabbitmqctl", "set_permissions", "-p", name, self.user, ".*", ".*", ".*"],
+                           check=True, capture_output=True)
+            return
+        raise InfrastructureMissing(
+            f"cannot create a RabbitMQ vhost: the management API at {self.base} is unreachable "
+            "(enable it: rabbitmq-plugins enable rabbitmq_management) and rabbitmqctl is not installed")
+
+    def delete_vhost(self, name: str) -> None:
+        try:
+            requests.delete(f"{self.base}/vhosts/{quote(name, safe='')}", auth=self.auth, timeout=10)
+        except requests.RequestException:
+            if shutil.which("rabbitmqctl"):
+                subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True)
+
+    def queue(self, vhost: str, queue: str) -> dict | None:
+        r = requests.get(f"{self.base}/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}",
+                         auth=self.auth, timeout=10)
+        return r.json() if r.status_code == 200 else None
+
+
+def check_broker(amqp_uri: str) -> None:
+    from kombu import Connection
+    try:
+        with Connection(amqp_uri, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        raise InfrastructureMissing(
+            f"RabbitMQ is not reachable at {amqp_uri} ({exc}); start it (rabbitmq-server -detached) "
+            "or set AMQP_URI") from exc
+
+
+class PostgresAdmin:
+    def __init__(self, admin_url: str = DEFAULT_PG_ADMIN_URL):
+        self.admin_url = admin_url
+
+    def _connect(self):
+        import psycopg2
+        try:
+            conn = psycopg2.connect(self.admin_url, connect_timeout=5)
+        except psycopg2.OperationalError as exc:
+            raise InfrastructureMissing(
+                f"PostgreSQL is not reachable at {self.admin_url} ({exc}); start it or set "
+                "TEST_PG_ADMIN_URL") from exc
+        conn.autocommit = True
+        return conn
+
+    def create_database(self, name: str) -> str:
+        conn = self._connect()  # not `with conn`: psycopg2 2.9 would open a transaction
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(("postgresql+psycopg2", parts.netloc, "/" + name, "", ""))
+
+    def drop_database(self, name: str) -> None:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            conn.close()
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+class ApiClient:
+    """A tiny JSON client for one service's HTTP port (nameko's web_session breaks on Werkzeug 3)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+
+    def request(self, method: str, path: str, json_body=None, data=None, headers=None, **kw):
+        return self.session.request(method, self.base_url + path, json=json_body, data=data,
+                                    headers=headers, timeout=30, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, json_body=None, **kw):
+        return self.request("POST", path, json_body=json_body, **kw)
+
+    def put(self, path, json_body=None, **kw):
+        return self.request("PUT", path, json_body=json_body, **kw)
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+class EventTap:
+    """Binds a private queue to exchanges and collects the events published to them."""
+
+    def __init__(self, amqp_uri: str, bindings: list[tuple[str, str]]):
+        from kombu import Connection, Exchange, Queue
+        self.conn = Connection(amqp_uri)
+        self.queue_name = unique_name("test-tap")
+        self.channel = self.conn.channel()
+        queues = []
+        for exchange, routing_key in bindings:
+            ex = Exchange(exchange, type="topic", durable=True)
+            ex(self.channel).declare()
+            queues.append(Queue(self.queue_name, exchange=ex, routing_key=routing_key, auto_delete=True))
+        for q in queues:
+            q(self.channel).declare()
+        self.events: list[dict] = []
+
+    def drain(self) -> list[dict]:
+        while True:
+            message = self.channel.basic_get(self.queue_name, no_ack=True)
+            if message is None:
+                break
+            self.events.append(json.loads(message.body))
+        return self.events
+
+    def wait_for(self, event_type: str, count: int = 1, timeout: float = 15.0) -> list[dict]:
+        def found():
+            matching = [e for e in self.drain() if e.get("event_type") == event_type]
+            return matching if len(matching) >= count else None
+        return wait_until(found, timeout, message=f"{count} × {event_type}")
+
+    def close(self):
+        try:
+            self.channel.close()
+        finally:
+            self.conn.release()
+
+
+def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **extra) -> dict:
+    config = {
+        "AMQP_URI": amqp_uri,
+        "DATABASE_URL": database_url,
+        "NODE_CODE": node,
+        "DIVISIONS_FILES": str(ROOT / "infra" / "divisions" / "*.csv"),
+        "OUTBOX_POLL_INTERVAL": 0.2,
+        "WEB_ADDRESSES": {},
+        "max_workers": 10,
+        "serializer": "json",
+    }
+    config.update(extra)
+    return config
+
+
+@contextmanager
+def running_services(config: dict, *service_classes):
+    """Start services in this process with nameko's ServiceRunner; stop them afterwards."""
+    from nameko.runners import ServiceRunner
+    runner = ServiceRunner(config)
+    for cls in service_classes:
+        runner.add_service(cls)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
