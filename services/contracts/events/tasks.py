@@ -1,0 +1,123 @@
+"""Events published by the rectification tasks service (整改任务)."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from services.contracts.events import event_payload
+from services.contracts.events.inspection import Evidence, PlaceRef
+from services.contracts.nodes import NodeCode
+from services.contracts.vocab import Severity
+
+
+class TaskStatus(StrEnum):
+    open = "open"                    # 待整改
+    in_progress = "in_progress"      # 整改中
+    fix_submitted = "fix_submitted"  # 已提交整改 (after-photos)
+    closed = "closed"                # 已销号
+    escalated = "escalated"          # 已上报协调
+
+
+class Light(StrEnum):
+    green = "green"    # < 80 % of the time used
+    yellow = "yellow"  # 80–100 %
+    red = "red"        # overdue
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Responsible(_Frozen):
+    subject_id: str
+    node: NodeCode
+    name: str
+
+
+class TaskRef(_Frozen):
+    """What every task event carries, so consumers (notify, scoring) need no lookups."""
+    task_id: str
+    inspection_id: str
+    inspecting_node: NodeCode
+    owner_node: NodeCode = Field(description="the stack whose ledger holds the task")
+    responsible: Responsible
+    place: PlaceRef | None = None
+    item_code: str
+    item_text: str
+    category_code: str
+    category_name: str
+    severity: Severity
+    deadline_at: AwareDatetime
+    status: TaskStatus
+
+
+@event_payload("task_opened", 1)
+class TaskOpened(_Frozen):
+    task: TaskRef
+    opened_at: AwareDatetime
+    evidence: list[Evidence] = Field(default_factory=list)
+    note: str | None = None
+    relapse_of: str | None = Field(default=None, description="the closed task this one repeats (反弹)")
+
+
+@event_payload("task_status_changed", 1)
+class TaskStatusChanged(_Frozen):
+    task: TaskRef
+    from_status: TaskStatus
+    to_status: TaskStatus
+    actor: str
+    reason: str | None = None
+    at: AwareDatetime
+
+
+@event_payload("task_overdue", 1)
+class TaskOverdue(_Frozen):
+    """An urge notice (督办单) is due: the deadline passed without a close-out."""
+    task: TaskRef
+    overdue_since: AwareDatetime
+    urge_count: int = Field(ge=1)
+
+
+@event_payload("task_escalated", 1)
+class TaskEscalated(_Frozen):
+    task: TaskRef
+    to_node: NodeCode = Field(description="the tier above, asked to coordinate")
+    reason: str
+    answer_due_at: AwareDatetime
+    at: AwareDatetime
+
+
+@event_payload("task_closed", 1)
+class TaskClosed(_Frozen):
+    """Close-out (销号): verified on site by the inspecting side."""
+    task: TaskRef
+    closed_at: AwareDatetime
+    verified_by: str
+    on_time: bool
+    hours_to_fix: float
+
+
+@event_payload("task_relapsed", 1)
+class TaskRelapsed(_Frozen):
+    """A new finding at the same place for the same item soon after a close-out (反弹)."""
+    task: TaskRef
+    relapse_of: str
+    closed_at: AwareDatetime = Field(description="when the earlier task was closed")
+
+
+@event_payload("ledger_figures_updated", 1)
+class LedgerFiguresUpdated(_Frozen):
+    """A subject's ledger figures for a month changed; scoring may veto on them."""
+    subject_id: str
+    node: NodeCode
+    period: str = Field(examples=["2026-11"], description="month key")
+    opened: int
+    closed: int
+    closed_on_time: int
+    overdue_open: int
+    relapses: int
+    close_rate: float | None = Field(description="销号率: closed / opened")
+    on_time_rate: float | None = Field(description="closed on time / closed")
+    mean_hours_to_fix: float | None
+    computed_at: AwareDatetime
