@@ -35,6 +35,12 @@ def docker_compose_file():
 
 
 @pytest.fixture(scope="session")
+def docker_setup():
+    # Only the infrastructure: the services under test run inside the test process.
+    return ["up --build -d rabbitmq postgres"]
+
+
+@pytest.fixture(scope="session")
 def infrastructure(request):
     """Where the broker and the database are: compose-started or already running."""
     if _docker_engine_available():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table
 from sqlalchemy.orm import Session
 
 
@@ -20,14 +20,19 @@ def make_processed_events_table(metadata: MetaData, prefix: str) -> Table:
 def claim_event(session: Session, table: Table, event_id, consumer: str, event_type: str) -> bool:
     """Record that `consumer` handles `event_id`; False if it already did.
 
-    Call inside the transaction that applies the event's effects: a rollback forgets the
-    claim too, and a concurrent duplicate fails on the primary key at commit.
+    Call first, inside the transaction that applies the event's effects: a rollback
+    forgets the claim too. Two workers handling the same redelivered event at once: the
+    second INSERT waits for the first transaction and then inserts nothing, so exactly one
+    applies it.
     """
-    key = str(event_id)
-    seen = session.execute(select(table.c.event_id).where(
-        table.c.event_id == key, table.c.consumer == consumer)).first()
-    if seen:
-        return False
-    session.execute(table.insert().values(event_id=key, consumer=consumer, event_type=event_type,
-                                          processed_at=datetime.now(timezone.utc)))
-    return True
+    values = dict(event_id=str(event_id), consumer=consumer, event_type=event_type,
+                  processed_at=datetime.now(timezone.utc))
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the project supports PostgreSQL and SQLite
+        raise RuntimeError(f"claim_event does not support {dialect}")
+    result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return result.rowcount == 1
