@@ -1,0 +1,180 @@
+"""Tables owned by the scoring service (prefixed: several services may share a database)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.plumbing.idempotency import make_processed_events_table
+from services.plumbing.outbox import make_outbox_table
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Subject(Base):
+    """Who is scored. A child unit's identity is its division code (so roll-up nodes and
+    inspected child units are one subject); departments and area units keep the
+    inspection service's subject id."""
+    __tablename__ = "scoring_subjects"
+
+    subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(12), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    tier: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SubjectAlias(Base):
+    """Other ids a subject is known by (the inspection service's id of a child unit)."""
+    __tablename__ = "scoring_subject_aliases"
+
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class ScoreInputRow(Base):
+    """A submitted inspection, with the period keys it falls in (CST calendar)."""
+    __tablename__ = "scoring_inputs"
+    __table_args__ = (Index("ix_scoring_inputs_subject_month", "subject_id", "month"),)
+
+    inspection_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    inspection_subject_id: Mapped[str] = mapped_column(String(64))
+    inspecting_node: Mapped[str] = mapped_column(String(12))
+    kind: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    scale: Mapped[int] = mapped_column(Integer)
+    inspected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    week: Mapped[str] = mapped_column(String(8))
+    month: Mapped[str] = mapped_column(String(7))
+    quarter: Mapped[str] = mapped_column(String(7))
+    half_year: Mapped[str] = mapped_column(String(7))
+    year: Mapped[str] = mapped_column(String(4))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChildScore(Base):
+    """The latest score of a child unit for a period, as its parent's roll-up input.
+
+    From this stack's own computation (source "stack") or, later, from a child stack's
+    score_published (source = that stack's node; the highest revision wins)."""
+    __tablename__ = "scoring_child_scores"
+
+    parent_node: Mapped[str] = mapped_column(String(12), primary_key=True)
+    child_node: Mapped[str] = mapped_column(String(12), primary_key=True)
+    period_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float | None] = mapped_column(Float)
+    scale: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PeriodScore(Base):
+    """A subject's figure for one period: score, grade, rank, vetoes and how it was made."""
+    __tablename__ = "scoring_period_scores"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "period_kind", "period", name="uq_scoring_period_score"),
+        Index("ix_scoring_period_scores_group", "period_kind", "period", "tier", "subject_type"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(64))
+    period_kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(8))
+    node: Mapped[str] = mapped_column(String(12))
+    name: Mapped[str] = mapped_column(String(200))
+    tier: Mapped[str] = mapped_column(String(16))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float | None] = mapped_column(Float)
+    scale: Mapped[int] = mapped_column(Integer)
+    routine: Mapped[float | None] = mapped_column(Float)
+    appraisal: Mapped[float | None] = mapped_column(Float)
+    inputs: Mapped[int] = mapped_column(Integer)
+    vetoed: Mapped[bool] = mapped_column(Boolean)
+    veto_reasons: Mapped[list] = mapped_column(JSON)
+    grade: Mapped[str | None] = mapped_column(String(20))
+    rank: Mapped[int | None] = mapped_column(Integer)
+    peers: Mapped[int] = mapped_column(Integer, default=0)
+    ranked: Mapped[bool] = mapped_column(Boolean, default=False)
+    movement: Mapped[int | None] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    policy_id: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[int] = mapped_column(Integer)
+    explain: Mapped[dict] = mapped_column(JSON)
+    published: Mapped[dict | None] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PolicyVersion(Base):
+    """Scoring policies per node; an update adds a version, never edits one."""
+    __tablename__ = "scoring_policies"
+    __table_args__ = (UniqueConstraint("node", "version", name="uq_scoring_policy_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(12), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    policy_id: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Appraisal(Base):
+    """综合评议 / 民主测评 entered for a subject and period; the latest entry counts."""
+    __tablename__ = "scoring_appraisals"
+    __table_args__ = (Index("ix_scoring_appraisals_subject", "subject_id", "period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(64))
+    period_kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(8))
+    score: Mapped[float] = mapped_column(Float)
+    scale: Mapped[int] = mapped_column(Integer)
+    appraised_by: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Veto(Base):
+    """一票否决 entered through the API: a criticism notice or a media exposure."""
+    __tablename__ = "scoring_vetoes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)
+    period_kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(32))
+    issued_by: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LedgerFigures(Base):
+    """The tasks service's ledger figures for a subject and month (latest computed_at wins)."""
+    __tablename__ = "scoring_ledger_figures"
+
+    subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    node: Mapped[str] = mapped_column(String(12))
+    overdue_open: Mapped[int] = mapped_column(Integer)
+    on_time_rate: Mapped[float | None] = mapped_column(Float)
+    close_rate: Mapped[float | None] = mapped_column(Float)
+    opened: Mapped[int] = mapped_column(Integer)
+    closed: Mapped[int] = mapped_column(Integer)
+    relapses: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+outbox = make_outbox_table(Base.metadata, "scoring")
+processed_events = make_processed_events_table(Base.metadata, "scoring")
