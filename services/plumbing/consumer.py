@@ -40,13 +40,33 @@ def declare_dead_letter_route(amqp_uri: str, service_name: str) -> None:
 
 
 class ReliableEventHandler(EventHandler):
+    """@reliable_event_handler(source_service, event_type[, exchange=..., routing_key=...])
+
+    By default it binds like nameko's handler (exchange `<source>.events`, key = event
+    type). `exchange`/`routing_key` bind it elsewhere, e.g. to the tier exchanges
+    (`chuangwei.children`, `score_published.#`); `routing_key` may be a function of the
+    container config (a child binds to its own subtree).
+    """
+
+    def __init__(self, source_service, event_type, exchange: str | None = None,
+                 routing_key: str | None = None, **kwargs):
+        self.exchange_override = exchange
+        self.routing_key_override = routing_key
+        super().__init__(source_service, event_type, **kwargs)
+
     def setup(self):
         super().setup()
         service_name = self.container.service_name
         declare_dead_letter_route(self.container.config["AMQP_URI"], service_name)
         queue = self.queue
+        exchange = queue.exchange
+        if self.exchange_override:
+            exchange = Exchange(self.exchange_override, type="topic", durable=True)
+        routing_key = self.routing_key_override or queue.routing_key
+        if callable(routing_key):  # computed from the stack's config, e.g. its subtree
+            routing_key = routing_key(self.container.config)
         self.queue = Queue(
-            queue.name, exchange=queue.exchange, routing_key=queue.routing_key,
+            queue.name, exchange=exchange, routing_key=routing_key,
             durable=True, auto_delete=False, exclusive=False,
             queue_arguments={"x-dead-letter-exchange": dead_letter_exchange_name(service_name)},
         )
