@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 # Engines of the services running in this process, for /health.
 ENGINES: dict[str, Engine] = {}
+
+# Alembic keeps its migration context in module globals, so two services starting together
+# in one process (nameko run a b, ServiceRunner) must not migrate at the same time.
+# (Green under eventlet's monkey patching.)
+_MIGRATION_LOCK = threading.RLock()
 
 
 def _green_psycopg2() -> None:
@@ -62,7 +68,7 @@ def run_migrations(engine: Engine, migrations_dir: str | Path, version_table: st
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.attributes["version_table"] = version_table
-    with engine.begin() as connection:
+    with _MIGRATION_LOCK, engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Two instances starting together must not both create the tables.
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": version_table})
