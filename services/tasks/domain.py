@@ -150,10 +150,17 @@ def yellow_from(found_at: datetime, deadline_at: datetime) -> datetime:
     return found_at + (deadline_at - found_at) * YELLOW_FRACTION
 
 
-def light_of(status: TaskStatus | str, found_at: datetime, deadline_at: datetime, now: datetime) -> Light | None:
+def is_overdue(status: TaskStatus | str, deadline_at: datetime, now: datetime, marked_overdue: bool = False) -> bool:
+    """Not closed, and past the deadline or already marked overdue by the sweeper (a mark
+    stays until the tier above grants a new deadline)."""
+    return TaskStatus(status) != TaskStatus.closed and (marked_overdue or now >= deadline_at)
+
+
+def light_of(status: TaskStatus | str, found_at: datetime, deadline_at: datetime, now: datetime,
+             marked_overdue: bool = False) -> Light | None:
     if TaskStatus(status) == TaskStatus.closed:
         return None
-    if now >= deadline_at:
+    if is_overdue(status, deadline_at, now, marked_overdue):
         return Light.red
     if now >= yellow_from(found_at, deadline_at):
         return Light.yellow
@@ -244,6 +251,7 @@ class TaskFacts:
     on_time: bool | None
     hours_to_fix: float | None
     relapse: bool
+    marked_overdue: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,12 +273,12 @@ class Figures:
 
 def compute_figures(tasks: Sequence[TaskFacts], now: datetime) -> Figures:
     """销号率 = closed / opened; on-time rate = closed on time / closed; mean time to fix over
-    closed tasks; overdue_open = not closed and past the deadline; relapses = tasks that repeat
+    closed tasks; overdue_open = not closed and overdue (`is_overdue`); relapses = tasks that repeat
     a closed one. Rates are None when their denominator is zero."""
     opened = len(tasks)
     closed = [t for t in tasks if t.closed]
     on_time = sum(1 for t in closed if t.on_time)
-    overdue = sum(1 for t in tasks if not t.closed and now >= t.deadline_at)
+    overdue = sum(1 for t in tasks if not t.closed and (t.marked_overdue or now >= t.deadline_at))
     hours = [t.hours_to_fix for t in closed if t.hours_to_fix is not None]
     return Figures(
         opened=opened, closed=len(closed), closed_on_time=on_time, overdue_open=overdue,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Protocol
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from services.contracts.errors import UnknownReference
@@ -93,7 +93,6 @@ def history_out(h: TaskHistory) -> HistoryOut:
 
 def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
     found, deadline = _aware(task.found_at), _aware(task.deadline_at)
-    closed = task.status == TaskStatus.closed
     return TaskOut(
         task_id=task.id, inspection_id=task.inspection_id, inspection_kind=task.inspection_kind,
         inspecting_node=task.inspecting_node, owner_node=task.owner_node, inspectors=task.inspectors or [],
@@ -107,9 +106,10 @@ def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
         evidence=[Evidence.model_validate(e) for e in task.evidence or []],
         found_at=found, opened_at=_aware(task.opened_at), deadline_at=deadline,
         deadline_source=task.deadline_source, status=task.status,
-        light=domain.light_of(task.status, found, deadline, now),
+        light=domain.light_of(task.status, found, deadline, now, task.overdue_since is not None),
         time_used=domain.time_used(found, deadline, _aware(task.closed_at) or now),
-        overdue=(not closed and now >= deadline), overdue_since=_aware(task.overdue_since),
+        overdue=domain.is_overdue(task.status, deadline, now, task.overdue_since is not None),
+        overdue_since=_aware(task.overdue_since),
         urge_count=task.urge_count or 0, fixed_by=task.fixed_by, fix_submitted_at=_aware(task.fix_submitted_at),
         fix_note=task.fix_note, after_evidence=[Evidence.model_validate(e) for e in task.after_evidence or []],
         closed_at=_aware(task.closed_at), verified_by=task.verified_by, on_time=task.on_time,
@@ -360,10 +360,11 @@ def _ledger_stmt(query: LedgerQuery, now: datetime):
         stmt = stmt.where(Task.found_at >= start, Task.found_at < end)
     if query.light:
         not_closed = Task.status != TaskStatus.closed.value
+        red = or_(Task.deadline_at <= now, Task.overdue_since.is_not(None))
         stmt = stmt.where(not_closed, {
-            Light.red: Task.deadline_at <= now,
-            Light.yellow: and_(Task.yellow_at <= now, Task.deadline_at > now),
-            Light.green: Task.yellow_at > now,
+            Light.red: red,
+            Light.yellow: and_(Task.yellow_at <= now, not_(red)),
+            Light.green: and_(Task.yellow_at > now, not_(red)),
         }[query.light])
     return stmt.order_by(Task.found_at, Task.category_code, Task.item_code, Task.id)
 
@@ -459,7 +460,8 @@ def export_xlsx(session: Session, query: LedgerQuery, now: datetime) -> bytes:
 def _facts(task: Task) -> domain.TaskFacts:
     return domain.TaskFacts(status=TaskStatus(task.status), deadline_at=_aware(task.deadline_at),
                             closed=task.status == TaskStatus.closed.value, on_time=task.on_time,
-                            hours_to_fix=task.hours_to_fix, relapse=task.relapse_of is not None)
+                            hours_to_fix=task.hours_to_fix, relapse=task.relapse_of is not None,
+                            marked_overdue=task.overdue_since is not None)
 
 
 def figures_for_tasks(session: Session, stmt, now: datetime, period: str) -> list[FiguresOut]:
@@ -518,7 +520,7 @@ def refresh_figures(session: Session, outbox: OutboxLike, keys: set[tuple[str, s
 
 
 def refresh_gauges(session: Session, now: datetime) -> None:
-    light = case((Task.deadline_at <= now, "red"), (Task.yellow_at <= now, "yellow"), else_="green")
+    light = case((or_(Task.deadline_at <= now, Task.overdue_since.is_not(None)), "red"), (Task.yellow_at <= now, "yellow"), else_="green")
     rows = session.execute(select(light.label("light"), Task.severity, func.count())
                            .where(Task.status != TaskStatus.closed.value)
                            .group_by(light, Task.severity)).all()

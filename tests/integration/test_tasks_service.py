@@ -1,0 +1,387 @@
+"""The tasks service (整改任务) through the real broker and database, fed by the real
+inspection service: findings become tasks, tasks are fixed, verified, rejected, go overdue,
+are urged and escalated, relapse, and the ledger exports open in a spreadsheet library."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kombu import Connection, Exchange, Producer
+from openpyxl import load_workbook
+from sqlalchemy import create_engine, func, select
+
+from services.contracts.events import parse_event
+from services.contracts.periods import CST
+from services.inspection.service import InspectionService
+from services.plumbing import clock
+from services.tasks.models import Task, TaskHistory, outbox
+from services.tasks.service import TasksService
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+STREET = "411502008000"       # 金牛山街道
+DISTRICT = "411502000000"     # 浉河区: the tier above the street
+COMMUNITY = "411502008001"    # 周家山社区
+PHOTO_BEFORE = {"uri": "photos/before.jpg", "sha256": "a" * 64}
+PHOTO_AFTER = {"uri": "photos/after.jpg", "sha256": "b" * 64}
+
+
+def stored(photo: dict) -> dict:
+    return {"taken_at": None, "gps": None, **photo}
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.fixture(autouse=True)
+def real_clock():
+    clock.reset()
+    yield
+    clock.reset()
+
+
+@pytest.fixture
+def stack(amqp_uri, database_url, event_tap):
+    ports = {"inspection": support.free_port(), "tasks": support.free_port()}
+    config = support.base_config(
+        amqp_uri, database_url, WEB_ADDRESSES={k: f"127.0.0.1:{p}" for k, p in ports.items()},
+        TASKS_SWEEP_INTERVAL=0, TASKS_URGE_REPEAT_HOURS=24, TASKS_ESCALATION_GRACE_HOURS=48,
+        TASKS_ANSWER_HOURS=72, TASKS_RELAPSE_WINDOW_DAYS=90)
+    tap = event_tap(("tasks.events", "#"))
+    with support.running_services(config, InspectionService, TasksService) as runner:
+        yield {"inspection": support.ApiClient(f"http://127.0.0.1:{ports['inspection']}"),
+               "tasks": support.ApiClient(f"http://127.0.0.1:{ports['tasks']}"),
+               "tap": tap, "config": config, "runner": runner, "database_url": database_url,
+               "amqp_uri": amqp_uri}
+
+
+def register(api):
+    subject = api.post("/subjects", {"subject_type": "child_unit", "node": COMMUNITY, "name": "周家山社区"})
+    assert subject.status_code == 201, subject.text
+    subject = subject.json()
+    place = api.post("/places", {"place_type": "public_toilet", "name": "周家山路公厕", "node": COMMUNITY,
+                                 "address": "周家山路12号", "responsible_subject_id": subject["subject_id"]})
+    assert place.status_code == 201, place.text
+    return subject, place.json()
+
+
+def inspect(api, subject, place, results, inspected_at):
+    response = api.post("/inspections", {
+        "kind": "routine", "subject_id": subject["subject_id"], "place_id": place["place_id"],
+        "checklist": {"version": "2010.1", "code": "public-toilet"}, "inspectors": ["王芳", "李强"],
+        "inspected_at": inspected_at.isoformat(), "results": results})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def events(tap, event_type, **payload_filter):
+    out = []
+    for e in tap.drain():
+        if e["event_type"] != event_type:
+            continue
+        parse_event(e, event_type)  # every published event matches its contract
+        task = e["payload"].get("task", {})
+        if all(task.get(k, e["payload"].get(k)) == v for k, v in payload_filter.items()):
+            out.append(e)
+    return out
+
+
+def wait_events(tap, event_type, count=1, timeout=15.0, **payload_filter):
+    return support.wait_until(lambda: (lambda found: found if len(found) >= count else None)(
+        events(tap, event_type, **payload_filter)), timeout, message=f"{count} × {event_type} {payload_filter}")
+
+
+def table_counts(database_url):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.execute(select(func.count()).select_from(t)).scalar_one()
+                         for t in (Task.__table__, TaskHistory.__table__, outbox))
+    finally:
+        engine.dispose()
+
+
+def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(stack):
+    inspection_api, api, tap = stack["inspection"], stack["tasks"], stack["tap"]
+    subject, place = register(inspection_api)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    found_at = now - timedelta(hours=1)
+    if found_at.astimezone(CST).month != now.astimezone(CST).month:
+        found_at = now - timedelta(seconds=30)  # keep every task in this month's figures
+    inspector_deadline = found_at + timedelta(days=5)
+    inspection = inspect(inspection_api, subject, place, [
+        {"item_code": "PT-03", "findings": 1, "note": "有明显臭味", "evidence": [PHOTO_BEFORE]},     # 24 h
+        {"item_code": "PT-02", "findings": 2, "note": "便池积粪", "evidence": [PHOTO_BEFORE]},        # immediately
+        {"item_code": "PT-06", "findings": 1, "note": "洗手池损坏", "evidence": [PHOTO_BEFORE],
+         "deadline_at": inspector_deadline.isoformat()},                                            # inspector's date
+        {"item_code": "PT-01", "findings": 0},                                                       # compliant
+    ], found_at)
+
+    # --- three findings with a deduction → three tasks -----------------------------------
+    opened = wait_events(tap, "task_opened", 3)
+    assert len(opened) == 3
+    tasks = support.wait_until(lambda: (lambda r: r if len(r) == 3 else None)(api.get("/tasks").json()),
+                               message="three tasks in the ledger")
+    by_item = {t["item_code"]: t for t in tasks}
+    assert set(by_item) == {"PT-02", "PT-03", "PT-06"}
+    on_time_task, overdue_task, rejected_task = by_item["PT-03"], by_item["PT-02"], by_item["PT-06"]
+    for t in tasks:
+        assert t["inspection_id"] == inspection["inspection_id"]
+        assert t["status"] == "open" and t["light"] == "green"
+        assert t["responsible"] == {"subject_id": subject["subject_id"], "node": COMMUNITY, "name": "周家山社区"}
+        assert t["inspecting_node"] == STREET and t["owner_node"] == STREET
+        assert t["evidence"] == [stored(PHOTO_BEFORE)] and t["place"]["place_id"] == place["place_id"]
+    assert parse_time(on_time_task["deadline_at"]) == found_at + timedelta(hours=24)
+    assert on_time_task["deadline_source"] == "item" and on_time_task["severity"] == "major"
+    assert parse_time(rejected_task["deadline_at"]) == inspector_deadline
+    assert rejected_task["deadline_source"] == "inspector"
+    assert overdue_task["deadline_source"] == "immediate" and overdue_task["severity"] == "critical"
+    immediate_deadline = parse_time(overdue_task["deadline_at"])
+    assert found_at + timedelta(hours=2) <= immediate_deadline <= found_at + timedelta(hours=26)
+    assert api.get("/tasks?category=SAN").json()[0]["task_id"] == overdue_task["task_id"]
+
+    # --- close one on time; illegal moves are refused and change nothing --------------------
+    tid = on_time_task["task_id"]
+    counts_before = table_counts(stack["database_url"])
+    refused = api.post(f"/tasks/{tid}/verify", {"actor": "王芳", "role": "inspector"})
+    assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "status", refused.text
+    no_photos = api.post(f"/tasks/{tid}/start", {"actor": "张伟", "role": "inspector"})
+    assert no_photos.status_code == 403 and no_photos.json()["errors"][0]["field"] == "role"
+    assert api.post(f"/tasks/{tid}/start", {"actor": "张伟", "role": "responsible"}).status_code == 200
+    counts_before = table_counts(stack["database_url"])
+    missing = api.post(f"/tasks/{tid}/fix", {"actor": "张伟", "role": "responsible", "note": "已通风除臭",
+                                             "after_photos": []})
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "after_photos", missing.text
+    no_note = api.post(f"/tasks/{tid}/fix", {"actor": "张伟", "role": "responsible", "after_photos": [PHOTO_AFTER]})
+    assert no_note.status_code == 422 and no_note.json()["errors"][0]["field"] == "note"
+    assert table_counts(stack["database_url"]) == counts_before
+    fixed = api.post(f"/tasks/{tid}/fix", {"actor": "张伟", "role": "responsible", "note": "已通风除臭",
+                                           "after_photos": [PHOTO_AFTER]})
+    assert fixed.status_code == 200 and fixed.json()["status"] == "fix_submitted", fixed.text
+    counts_before = table_counts(stack["database_url"])
+    own = api.post(f"/tasks/{tid}/verify", {"actor": "张伟", "role": "inspector"})
+    assert own.status_code == 422 and own.json()["errors"][0]["field"] == "actor", own.text
+    wrong_side = api.post(f"/tasks/{tid}/verify", {"actor": "赵敏", "role": "responsible"})
+    assert wrong_side.status_code == 403 and wrong_side.json()["errors"][0]["field"] == "role"
+    assert table_counts(stack["database_url"]) == counts_before
+    closed = api.post(f"/tasks/{tid}/verify", {"actor": "王芳", "role": "inspector", "note": "现场复查合格"})
+    assert closed.status_code == 200, closed.text
+    closed = closed.json()
+    assert closed["status"] == "closed" and closed["on_time"] is True and closed["light"] is None
+    assert closed["verified_by"] == "王芳" and closed["after_evidence"] == [stored(PHOTO_AFTER)]
+    assert [h["action"] for h in closed["history"]] == ["open", "start", "submit_fix", "verify"]
+    assert [(h["actor"], h["role"]) for h in closed["history"][1:]] == [
+        ("张伟", "responsible"), ("张伟", "responsible"), ("王芳", "inspector")]
+    [closed_event] = wait_events(tap, "task_closed", task_id=tid)
+    assert closed_event["payload"]["on_time"] is True and closed_event["payload"]["verified_by"] == "王芳"
+    assert api.post(f"/tasks/{tid}/reject", {"actor": "王芳", "role": "inspector", "reason": "x"}).status_code == 409
+
+    # --- let one go overdue: urge notice, then escalation after the grace period ----------------
+    oid = overdue_task["task_id"]
+    clock.set_offset(immediate_deadline + timedelta(hours=1) - datetime.now(timezone.utc))
+    assert api.get(f"/tasks/{oid}").json()["light"] == "red"
+    assert [t["task_id"] for t in api.get("/tasks?light=red").json()] == [oid]
+    sweep = api.post("/sweeps").json()
+    assert (sweep["urged"], sweep["escalated"], sweep["marked_overdue"]) == (1, 0, 1), sweep
+    [urge] = wait_events(tap, "task_overdue", task_id=oid)
+    assert urge["payload"]["urge_count"] == 1
+    assert parse_time(urge["payload"]["overdue_since"]) == immediate_deadline
+    again = api.post("/sweeps").json()
+    assert (again["urged"], again["escalated"]) == (0, 0), "a second sweep at the same moment does nothing"
+    assert api.get(f"/tasks/{oid}").json()["status"] == "open"
+
+    clock.set_offset(immediate_deadline + timedelta(hours=49) - datetime.now(timezone.utc))
+    sweep = api.post("/sweeps").json()
+    assert (sweep["urged"], sweep["escalated"]) == (1, 1), sweep
+    [escalation] = wait_events(tap, "task_escalated", task_id=oid)
+    assert escalation["payload"]["to_node"] == DISTRICT
+    assert parse_time(escalation["payload"]["answer_due_at"]) - parse_time(escalation["payload"]["at"]) \
+        == timedelta(hours=72)
+    urges = wait_events(tap, "task_overdue", 2, task_id=oid)
+    assert [u["payload"]["urge_count"] for u in urges] == [1, 2]
+    escalated = api.get(f"/tasks/{oid}").json()
+    assert escalated["status"] == "escalated" and escalated["escalated_to"] == DISTRICT
+    assert escalated["urge_count"] == 2
+    assert [h["action"] for h in escalated["history"]] == ["open", "urge", "urge", "escalate"]
+    assert escalated["history"][-1]["role"] == "system"
+    assert api.post("/sweeps").json()["escalated"] == 0
+    clock.reset()
+
+    # --- reject, then verify the third ----------------------------------------------------------
+    rid = rejected_task["task_id"]
+    assert api.post(f"/tasks/{rid}/start", {"actor": "张伟", "role": "responsible"}).status_code == 200
+    body = {"actor": "张伟", "role": "responsible", "note": "已更换水龙头", "after_photos": [PHOTO_AFTER]}
+    assert api.post(f"/tasks/{rid}/fix", body).status_code == 200
+    rejected = api.post(f"/tasks/{rid}/reject", {"actor": "李强", "role": "inspector", "reason": "洗手池仍漏水"})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "in_progress", rejected.text
+    assert api.post(f"/tasks/{rid}/fix", {**body, "actor": "刘洋", "note": "已更换洗手池"}).status_code == 200
+    verified = api.post(f"/tasks/{rid}/verify", {"actor": "李强", "role": "inspector"})
+    assert verified.status_code == 200 and verified.json()["status"] == "closed", verified.text
+    history = api.get(f"/tasks/{rid}/history").json()
+    assert [(h["action"], h["from_status"], h["to_status"]) for h in history] == [
+        ("open", None, "open"), ("start", "open", "in_progress"), ("submit_fix", "in_progress", "fix_submitted"),
+        ("reject", "fix_submitted", "in_progress"), ("submit_fix", "in_progress", "fix_submitted"),
+        ("verify", "fix_submitted", "closed")]
+    assert history[3]["reason"] == "洗手池仍漏水" and history[3]["actor"] == "李强"
+    changes = wait_events(tap, "task_status_changed", 5, task_id=rid)
+    assert [(c["payload"]["from_status"], c["payload"]["to_status"]) for c in changes][-2:] == [
+        ("in_progress", "fix_submitted"), ("fix_submitted", "closed")]
+
+    # --- a new finding at the same place for the same item: relapse linked ----------------------
+    inspect(inspection_api, subject, place, [{"item_code": "PT-03", "findings": 1, "note": "又有臭味",
+                                              "evidence": [PHOTO_BEFORE]}], datetime.now(timezone.utc))
+    [relapse] = wait_events(tap, "task_relapsed")
+    assert relapse["payload"]["relapse_of"] == tid
+    relapse_task = api.get(f"/tasks/{relapse['payload']['task']['task_id']}").json()
+    assert relapse_task["relapse_of"] == tid and relapse_task["item_code"] == "PT-03"
+    assert [t["task_id"] for t in api.get("/tasks?relapse=true").json()] == [relapse_task["task_id"]]
+
+    # --- figures and the ledger exports -----------------------------------------------------------
+    [figures] = api.get(f"/figures?subject_id={subject['subject_id']}").json()
+    assert (figures["opened"], figures["closed"], figures["closed_on_time"], figures["relapses"]) == (4, 2, 2, 1)
+    assert figures["close_rate"] == 0.5 and figures["on_time_rate"] == 1.0 and figures["overdue_open"] == 1
+    def latest_figures():
+        mine = events(tap, "ledger_figures_updated", subject_id=subject["subject_id"])
+        return mine[-1] if mine and mine[-1]["payload"]["opened"] == 4 else None
+    latest = support.wait_until(latest_figures, message="ledger figures after the relapse")["payload"]
+    assert (latest["closed"], latest["relapses"], latest["close_rate"], latest["overdue_open"]) == (2, 1, 0.5, 1)
+    assert latest["period"] == figures["period"] and latest["node"] == COMMUNITY
+
+    expected = {
+        tid: ("已销号", "是", "", "PT-03"),
+        oid: ("已上报协调", "", DISTRICT, "PT-02"),
+        rid: ("已销号", "是", "", "PT-06"),
+        relapse_task["task_id"]: ("待整改", "", "", "PT-03"),
+    }
+    xlsx = api.get("/ledger/export.xlsx")
+    assert xlsx.status_code == 200 and "spreadsheetml" in xlsx.headers["Content-Type"]
+    book = load_workbook(io.BytesIO(xlsx.content))
+    sheet = book["整改台账"]
+    rows = list(sheet.iter_rows(values_only=True))
+    header = list(rows[0])
+    assert header[:5] == ["序号", "任务编号", "责任主体", "检查对象", "点位"]
+    col = {name: header.index(name) for name in header}
+    assert len(rows) == 5
+    for row in rows[1:]:
+        status, on_time, escalated_to, item = expected[row[col["任务编号"]]]
+        assert row[col["状态"]] == status and row[col["检查项目"]] == item
+        assert (row[col["是否按期"]] or "") == on_time and (row[col["上报协调至"]] or "") == escalated_to
+        assert row[col["责任主体"]] == "周家山社区" and row[col["点位"]] == "周家山路公厕"
+    by_id = {row[col["任务编号"]]: row for row in rows[1:]}
+    assert by_id[relapse_task["task_id"]][col["反弹(关联任务)"]] == tid
+    assert by_id[oid][col["亮灯"]] == "红灯" and by_id[oid][col["督办次数"]] == 2
+    assert by_id[oid][col["严重程度"]] == "严重"
+    summary = list(book["汇总"].iter_rows(values_only=True))
+    assert summary[1][:3] == ("周家山社区", 4, 2)
+
+    csv_response = api.get("/ledger/export.csv")
+    assert csv_response.status_code == 200 and csv_response.content.startswith(b"\xef\xbb\xbf")
+    csv_rows = list(csv.reader(io.StringIO(csv_response.content.decode("utf-8-sig"))))
+    assert csv_rows[0] == header
+    assert {r[col["任务编号"]]: (r[col["状态"]], r[col["是否按期"]], r[col["上报协调至"]], r[col["检查项目"]])
+            for r in csv_rows[1:]} == expected
+
+    filtered = load_workbook(io.BytesIO(api.get("/ledger/export.xlsx?status=closed").content))["整改台账"]
+    assert sorted(r[col["任务编号"]] for r in filtered.iter_rows(min_row=2, values_only=True)) == sorted([tid, rid])
+    this_month = datetime.now(CST).strftime("%Y-%m")
+    assert len(api.get(f"/tasks?period={this_month}").json()) == 4
+    assert api.get("/tasks?period=2019-01").json() == []
+    bad = api.get("/tasks?period=2026-13")
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.period"
+
+    metrics = api.get("/metrics").text
+    assert 'chuangwei_tasks_open{light="red",severity="critical"} 1.0' in metrics
+    assert 'chuangwei_task_escalations_total{by="sweeper"}' in metrics
+    assert "chuangwei_task_hours_to_fix_bucket" in metrics
+
+
+def test_redelivered_inspection_opens_no_second_task_and_bad_requests_change_nothing(stack, event_tap):
+    inspection_api, api, tap = stack["inspection"], stack["tasks"], stack["tap"]
+    inspections_tap = event_tap(("inspection.events", "inspection_submitted"))
+    subject, place = register(inspection_api)
+    inspect(inspection_api, subject, place, [{"item_code": "PT-05", "findings": 1}],
+            datetime.now(timezone.utc) - timedelta(minutes=5))
+    [submitted] = inspections_tap.wait_for("inspection_submitted")
+    wait_events(tap, "task_opened")
+    with Connection(stack["amqp_uri"]) as conn:  # the broker redelivers (or the relay re-sends)
+        Producer(conn.default_channel).publish(submitted, exchange=Exchange("inspection.events", type="topic",
+                                                                            durable=True),
+                                               routing_key="inspection_submitted", serializer="json")
+    probe = inspect(inspection_api, subject, place, [{"item_code": "PT-07", "findings": 1}],
+                    datetime.now(timezone.utc) - timedelta(minutes=1))
+    wait_events(tap, "task_opened", inspection_id=probe["inspection_id"])  # the duplicate came before it
+    assert sorted(t["item_code"] for t in api.get("/tasks").json()) == ["PT-05", "PT-07"]
+
+    [task] = api.get("/tasks?category=FAC&severity=critical").json()
+    counts = table_counts(stack["database_url"])
+    assert api.get("/tasks/no-such-task").status_code == 404
+    unknown = api.post("/tasks/no-such-task/start", {"actor": "张伟", "role": "responsible"})
+    assert unknown.status_code == 404 and unknown.json()["errors"][0]["field"] == "task_id"
+    assert api.post(f"/tasks/{task['task_id']}/start", {"actor": "", "role": "responsible"}).status_code == 422
+    assert api.post(f"/tasks/{task['task_id']}/start", {"actor": "张伟", "role": "boss"}).status_code == 422
+    assert api.post(f"/tasks/{task['task_id']}/start", {"actor": "张伟", "role": "responsible",
+                                                       "extra": 1}).status_code == 422
+    photo_bad = api.post(f"/tasks/{task['task_id']}/fix", {"actor": "张伟", "role": "responsible", "note": "已修",
+                                                          "after_photos": [{"uri": "x.jpg", "sha256": "nothex"}]})
+    assert photo_bad.status_code == 422 and photo_bad.json()["errors"][0]["field"].startswith("after_photos[0]")
+    not_started = api.post(f"/tasks/{task['task_id']}/fix", {"actor": "张伟", "role": "responsible",
+                                                            "note": "已修", "after_photos": [PHOTO_AFTER]})
+    assert not_started.status_code == 409
+    assert api.post(f"/tasks/{task['task_id']}/answer", {"actor": "区爱卫办", "role": "coordinator",
+                                                        "note": "已协调"}).status_code == 409
+    assert table_counts(stack["database_url"]) == counts
+
+    # "Cannot solve locally": the subject escalates; the tier above answers with a new deadline.
+    escalated = api.post(f"/tasks/{task['task_id']}/escalate",
+                         {"actor": "张伟", "role": "responsible", "reason": "化粪池产权不清，请街道协调"})
+    assert escalated.status_code == 200 and escalated.json()["escalated_to"] == DISTRICT, escalated.text
+    [event] = wait_events(tap, "task_escalated", task_id=task["task_id"])
+    assert event["payload"]["reason"] == "化粪池产权不清，请街道协调"
+    past = api.post(f"/tasks/{task['task_id']}/answer", {
+        "actor": "区爱卫办", "role": "coordinator", "note": "已协调",
+        "new_deadline_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()})
+    assert past.status_code == 422 and past.json()["errors"][0]["field"] == "new_deadline_at"
+    new_deadline = (datetime.now(timezone.utc) + timedelta(days=3)).replace(microsecond=0)
+    answered = api.post(f"/tasks/{task['task_id']}/answer", {
+        "actor": "区爱卫办", "role": "coordinator", "note": "已协调环卫所清掏", "new_deadline_at": new_deadline.isoformat()})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "in_progress" and parse_time(answered.json()["deadline_at"]) == new_deadline
+
+    spec = api.get("/openapi.json").json()
+    assert "/tasks/{task_id}/verify" in spec["paths"] and "/sweeps" in spec["paths"]
+    assert api.get("/health").json()["checks"]["database:tasks"] == "ok"
+
+
+def test_sweeper_timers_in_two_instances_urge_and_escalate_once(amqp_uri, database_url, event_tap):
+    """A nameko timer fires in every instance: two sweeping instances still urge once and escalate once."""
+    ports = [support.free_port() for _ in range(3)]
+    common = dict(TASKS_SWEEP_INTERVAL=0.1, TASKS_URGE_REPEAT_HOURS=24, TASKS_ESCALATION_GRACE_HOURS=1)
+    first = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={
+        "inspection": f"127.0.0.1:{ports[0]}", "tasks": f"127.0.0.1:{ports[1]}"}, **common)
+    second = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"tasks": f"127.0.0.1:{ports[2]}"}, **common)
+    tap = event_tap(("tasks.events", "#"))
+    with ExitStack() as stack:
+        stack.enter_context(support.running_services(first, InspectionService, TasksService))
+        stack.enter_context(support.running_services(second, TasksService))
+        inspection_api = support.ApiClient(f"http://127.0.0.1:{ports[0]}")
+        subject, place = register(inspection_api)
+        found_at = datetime.now(timezone.utc) - timedelta(minutes=10)
+        inspect(inspection_api, subject, place, [{"item_code": "PT-03", "findings": 1},
+                                                 {"item_code": "PT-04", "findings": 1}], found_at)
+        wait_events(tap, "task_opened", 2)
+        clock.set_offset(timedelta(hours=24 + 2))  # past the 24 h deadline and the 1 h grace
+        wait_events(tap, "task_escalated", 2, timeout=20)
+        time.sleep(1.5)  # ~15 more sweeps in each instance: none may urge or escalate again
+        clock.reset()
+        tap.drain()
+    overdue = [e for e in tap.events if e["event_type"] == "task_overdue"]
+    escalated = [e for e in tap.events if e["event_type"] == "task_escalated"]
+    assert len(escalated) == 2 and len({e["payload"]["task"]["task_id"] for e in escalated}) == 2
+    assert len(overdue) == 2 and all(e["payload"]["urge_count"] == 1 for e in overdue)
+    assert {e["payload"]["task"]["task_id"] for e in overdue} == {e["payload"]["task"]["task_id"] for e in escalated}
