@@ -1,0 +1,9 @@
+from prometheus_client import Counter, Gauge, Histogram
+
+SCORES_PUBLISHED = Counter("chuangwei_scores_published_total", "score_published events staged in the outbox",
+                           ["period_kind"])
+RECOMPUTE_SECONDS = Histogram("chuangwei_score_recompute_seconds",
+                              "Time to recompute, re-rank and publish after one change",
+                              ["trigger"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SUBJECTS_RANKED = Gauge("chuangwei_subjects_ranked", "Subjects ranked in the last re-ranked peer group",
+                        ["tier", "subject_type", "period_kind"])

@@ -1,0 +1,324 @@
+"""The scoring service with the inspection service, over the real broker and PostgreSQL.
+
+The worked example of the street scheme (金牛山街道, 100 points, monthly mean, half-year
+composite 75 % routine + 25 % appraisal). Every expected figure is worked out by hand
+below, from the inspection scores, never by calling the scoring code.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import create_engine, func, select
+
+from services.inspection.service import InspectionService
+from services.scoring.models import PeriodScore, PolicyVersion, ScoreInputRow, outbox as scoring_outbox
+from services.scoring.service import ScoringService
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+STREET = "411502008000"  # 金牛山街道
+ZHOUJIASHAN, XIANGTANG, SHILIHE = "411502008001", "411502008006", "411502008008"
+NAMES = {ZHOUJIASHAN: "周家山社区", XIANGTANG: "飨堂社区", SHILIHE: "十里河社区"}
+
+# Inspection scores (100 points), entered as deductions on the public-toilet checklist.
+OCTOBER = {  # two inspections each: the previous month, for movement
+    ZHOUJIASHAN: [("2026-10-12", 90), ("2026-10-19", 86)],
+    XIANGTANG: [("2026-10-12", 94), ("2026-10-19", 96)],
+    SHILIHE: [("2026-10-12", 80), ("2026-10-19", 84)],
+}
+NOVEMBER = {  # four weekly inspections each (Mondays: ISO weeks 45-48)
+    ZHOUJIASHAN: [("2026-11-02", 96), ("2026-11-09", 94), ("2026-11-16", 98), ("2026-11-23", 92)],
+    XIANGTANG: [("2026-11-02", 92), ("2026-11-09", 90), ("2026-11-16", 94), ("2026-11-23", 88)],
+    SHILIHE: [("2026-11-02", 85), ("2026-11-09", 91), ("2026-11-16", 89), ("2026-11-23", 87)],
+}
+
+# Worked by hand:
+# October means: 周家山 (90+86)/2 = 88, 飨堂 (94+96)/2 = 95, 十里河 (80+84)/2 = 82
+#   → ranks 飨堂 1, 周家山 2, 十里河 3.
+# November means: 周家山 (96+94+98+92)/4 = 95, 飨堂 (92+90+94+88)/4 = 91, 十里河 (85+91+89+87)/4 = 88
+#   → ranks 周家山 1 (up 1), 飨堂 2 (down 1), 十里河 3 (unchanged).
+# Grades (优秀 ≥ 95, 先进 ≥ 90, 合格 ≥ 60): 周家山 优秀, 飨堂 先进, 十里河 合格.
+OCT_MEAN = {ZHOUJIASHAN: 88.0, XIANGTANG: 95.0, SHILIHE: 82.0}
+NOV_MEAN = {ZHOUJIASHAN: 95.0, XIANGTANG: 91.0, SHILIHE: 88.0}
+NOV_RANK = {ZHOUJIASHAN: 1, XIANGTANG: 2, SHILIHE: 3}
+NOV_MOVEMENT = {ZHOUJIASHAN: 1, XIANGTANG: -1, SHILIHE: 0}
+NOV_GRADE = {ZHOUJIASHAN: "优秀", XIANGTANG: "先进", SHILIHE: "合格"}
+# 金牛山街道 rolls up its communities (mean, no own inspections): (95 + 91 + 88) / 3 = 91.333…
+STREET_NOVEMBER = 91.33
+# 2026-H2 for 十里河: routine = mean of its monthly means = (82 + 88) / 2 = 85;
+# with an appraisal of 93 at 25 %: 0.75 × 85 + 0.25 × 93 = 63.75 + 23.25 = 87.0.
+SHILIHE_H2_ROUTINE = 85.0
+SHILIHE_APPRAISAL = 93
+SHILIHE_H2_COMPOSITE = 87.0
+
+
+def deductions(score: int) -> list[dict]:
+    """Results giving exactly `score` on the 100-point public-toilet checklist."""
+    left, results = 100 - score, []
+    for item, cap in (("PT-02", 20), ("PT-03", 15), ("PT-04", 15)):
+        take = min(left, cap)
+        if take:
+            results.append({"item_code": item, "findings": 1, "deduction": take})
+        left -= take
+    assert left == 0
+    return results
+
+
+@pytest.fixture
+def stack(amqp_uri, database_url):
+    inspection_port, scoring_port = support.free_port(), support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={
+        "inspection": f"127.0.0.1:{inspection_port}", "scoring": f"127.0.0.1:{scoring_port}"})
+    with support.running_services(config, InspectionService, ScoringService) as runner:
+        yield {"inspection": support.ApiClient(f"http://127.0.0.1:{inspection_port}"),
+               "scoring": support.ApiClient(f"http://127.0.0.1:{scoring_port}"),
+               "database_url": database_url, "amqp_uri": amqp_uri, "runner": runner}
+
+
+def register_communities(api) -> dict[str, str]:
+    ids = {}
+    for node, name in NAMES.items():
+        r = api.post("/subjects", {"subject_type": "child_unit", "node": node, "name": name})
+        assert r.status_code == 201, r.text
+        ids[node] = r.json()["subject_id"]
+    return ids
+
+
+def inspect(api, subject_id: str, day: str, score: int) -> dict:
+    r = api.post("/inspections", {
+        "kind": "routine", "subject_id": subject_id, "checklist": {"version": "2010.1", "code": "public-toilet"},
+        "inspectors": ["王芳"], "inspected_at": f"{day}T10:00:00+08:00", "results": deductions(score)})
+    assert r.status_code == 201, r.text
+    assert r.json()["score"] == score
+    return r.json()
+
+
+def ranking(api, period: str, tier: str = "community") -> dict:
+    r = api.get(f"/rankings?period={period}&tier={tier}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def settled(api, period: str, expected_inputs: int, count: int = 3):
+    def ready():
+        table = ranking(api, period)
+        rows = table["ranking"] + table["below_minimum_sample"]
+        return table if len(rows) == count and all(r["inputs"] == expected_inputs for r in rows) else None
+    return support.wait_until(ready, timeout=30, message=f"{period} scored")
+
+
+def consumed(api, outcome: str) -> float:
+    text = api.get("/metrics").text
+    m = re.search(r'chuangwei_events_consumed_total\{event_type="inspection_submitted",outcome="%s",'
+                  r'service="scoring"\} ([0-9.e+]+)' % outcome, text)
+    return float(m.group(1)) if m else 0.0
+
+
+def by_node(rows: list[dict]) -> dict[str, dict]:
+    return {r["node"]: r for r in rows}
+
+
+def test_street_scheme_worked_example(stack, event_tap):
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    submitted_tap = event_tap(("inspection.events", "inspection_submitted"))
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    ids = register_communities(inspection)
+
+    for month in (OCTOBER, NOVEMBER):
+        for node, inspections in month.items():
+            for day, score in inspections:
+                inspect(inspection, ids[node], day, score)
+
+    # Monthly means, ranks and movement against October.
+    october = settled(scoring, "2026-10", 2)
+    assert [r["node"] for r in october["ranking"]] == [XIANGTANG, ZHOUJIASHAN, SHILIHE]
+    assert {r["node"]: r["score"] for r in october["ranking"]} == OCT_MEAN
+    november = settled(scoring, "2026-11", 4)
+    support.wait_until(lambda: [r["movement"] for r in ranking(scoring, "2026-11")["ranking"]] == [1, -1, 0],
+                       message="November movement")
+    november = ranking(scoring, "2026-11")
+    assert november["peers"] == 3 and november["below_minimum_sample"] == []
+    assert [r["node"] for r in november["ranking"]] == [ZHOUJIASHAN, XIANGTANG, SHILIHE]
+    rows = by_node(november["ranking"])
+    for node in NAMES:
+        assert rows[node]["score"] == pytest.approx(NOV_MEAN[node], abs=0.005)
+        assert rows[node]["rank"] == NOV_RANK[node]
+        assert rows[node]["movement"] == NOV_MOVEMENT[node]
+        assert rows[node]["grade"] == NOV_GRADE[node]
+        assert rows[node]["subject_id"] == node  # a child unit is scored under its division code
+        assert rows[node]["vetoed"] is False
+
+    # Weeks are scored (one inspection each), not ranked under the street scheme.
+    week = ranking(scoring, "2026-W47")  # Monday 2026-11-16
+    assert week["ranking"] == [] and {r["node"]: r["score"] for r in week["below_minimum_sample"]} == {
+        ZHOUJIASHAN: 98.0, XIANGTANG: 94.0, SHILIHE: 89.0}
+    assert all("minimum sample" in r["why_unranked"] or "does not rank" in r["why_unranked"]
+               for r in week["below_minimum_sample"])
+
+    # Roll-up: the street's own figure is the mean of its communities'.
+    street = support.wait_until(
+        lambda: next((s for s in scoring.get(f"/subjects/{STREET}/scores?period_kind=month").json()["scores"]
+                      if s["period"] == "2026-11" and s["inputs"] == 3), None), message="street roll-up")
+    assert street["score"] == pytest.approx(STREET_NOVEMBER, abs=0.005)
+    explained = scoring.get(f"/subjects/{STREET}/scores/2026-11").json()["explain"]
+    assert {c["node"]: c["score"] for c in explained["children"]} == NOV_MEAN
+    assert explained["children_combine"] == "mean"
+
+    # Explain one score: the four inspections behind 周家山's November mean.
+    explain = scoring.get(f"/subjects/{ids[ZHOUJIASHAN]}/scores/2026-11")  # the inspection id works too
+    assert explain.status_code == 200, explain.text
+    detail = explain.json()["explain"]
+    assert sorted(i["score"] for i in detail["inspections"]) == [92, 94, 96, 98]
+    assert detail["rule"] == "mean_of_inspections" and detail["policy"]["policy_id"] == "street-scheme"
+
+    # Half-year composite: the mean of the monthly means, then 25 % appraisal.
+    h2 = scoring.get(f"/subjects/{SHILIHE}/scores/2026-H2").json()
+    assert h2["score"] == pytest.approx(SHILIHE_H2_ROUTINE, abs=0.005)  # no appraisal yet: routine only
+    assert [m["month"] for m in h2["explain"]["months"]] == ["2026-10", "2026-11"]
+    appraisal = scoring.post("/appraisals", {"subject_id": SHILIHE, "period": "2026-H2", "score": SHILIHE_APPRAISAL,
+                                             "appraised_by": "金牛山街道创卫领导小组", "note": "民主测评"})
+    assert appraisal.status_code == 201, appraisal.text
+    assert appraisal.json()["period_score"]["score"] == pytest.approx(SHILIHE_H2_COMPOSITE, abs=0.005)
+    h2 = scoring.get(f"/subjects/{SHILIHE}/scores/2026-H2").json()
+    assert h2["score"] == pytest.approx(SHILIHE_H2_COMPOSITE, abs=0.005)
+    assert h2["routine"] == pytest.approx(SHILIHE_H2_ROUTINE, abs=0.005) and h2["appraisal"] == SHILIHE_APPRAISAL
+    assert h2["explain"]["composite"]["appraisal_weight"] == 25
+
+    # A criticised community keeps its score and rank but cannot be 先进.
+    before = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
+    veto = scoring.post("/vetoes", {"subject_id": XIANGTANG, "period": "2026-11", "reason": "criticism",
+                                    "issued_by": "浉河区爱卫办", "note": "背街小巷垃圾堆积",
+                                    "reference": "浉爱卫〔2026〕15号"})
+    assert veto.status_code == 201, veto.text
+    after = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
+    assert after["vetoed"] is True and after["grade"] == "合格"
+    assert after["score"] == before["score"] and after["rank"] == before["rank"] == 2
+    assert any("通报批评" in reason for reason in after["veto_reasons"])
+    assert after["revision"] == before["revision"] + 1
+    assert scoring.get(f"/subjects/{XIANGTANG}/scores/2026-H2").json()["vetoed"] is True
+    support.wait_until(lambda: any(
+        e["payload"]["subject"]["subject_id"] == XIANGTANG and e["payload"]["period"] == "2026-11"
+        and e["payload"]["vetoed"] and e["payload"]["grade"] == "合格" and e["payload"]["rank"] == 2
+        for e in scores_tap.drain()), message="the veto published")
+
+    # Every staged score_published reached the bus; revisions only grow per (subject, period).
+    all_published(stack["database_url"], scores_tap)
+    latest: dict[tuple, dict] = {}
+    for e in scores_tap.drain():
+        p = e["payload"]
+        key = (p["subject"]["subject_id"], p["period"])
+        assert key not in latest or p["revision"] > latest[key]["revision"]
+        latest[key] = p
+    assert latest[(ZHOUJIASHAN, "2026-11")]["rank"] == 1 and latest[(ZHOUJIASHAN, "2026-11")]["inputs"] == 4
+    assert latest[(ZHOUJIASHAN, "2026-11")]["policy"] == {"policy_id": "street-scheme", "version": 1}
+
+    # A redelivered inspection event changes nothing.
+    [original] = [e for e in submitted_tap.drain() if e["payload"]["subject"]["node"] == SHILIHE
+                  and e["payload"]["inspected_at"].startswith("2026-11-09")]
+    published_before = all_published(stack["database_url"], scores_tap)
+    snapshot = scores_snapshot(stack["database_url"])
+    table_before = ranking(scoring, "2026-11")
+    duplicates = consumed(scoring, "duplicate")
+    with Connection(stack["amqp_uri"]) as conn:
+        Producer(conn.default_channel).publish(
+            original, exchange=Exchange("inspection.events", type="topic", durable=True),
+            routing_key="inspection_submitted", serializer="json", delivery_mode=2)
+    support.wait_until(lambda: consumed(scoring, "duplicate") == duplicates + 1, message="duplicate seen")
+    assert scores_snapshot(stack["database_url"]) == snapshot
+    assert len(scores_tap.drain()) == published_before
+    assert ranking(scoring, "2026-11") == table_before
+    assert by_node(ranking(scoring, "2026-11")["ranking"])[SHILIHE]["inputs"] == 4
+
+
+def all_published(database_url: str, tap) -> int:
+    """Wait until the tap holds every score_published the scoring outbox staged; return how many."""
+    engine = create_engine(database_url)
+    try:
+        def staged():
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(scoring_outbox).where(
+                    scoring_outbox.c.event_type == "score_published")).scalar_one()
+        support.wait_until(lambda: len(tap.drain()) == staged(), message="outbox relayed")
+        return staged()
+    finally:
+        engine.dispose()
+
+
+def scores_snapshot(database_url: str):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(PeriodScore.subject_id, PeriodScore.period, PeriodScore.score,
+                                       PeriodScore.rank, PeriodScore.revision, PeriodScore.inputs)
+                                .order_by(PeriodScore.subject_id, PeriodScore.period)).all()
+            inputs = conn.execute(select(func.count()).select_from(ScoreInputRow)).scalar_one()
+        return [tuple(r) for r in rows], inputs
+    finally:
+        engine.dispose()
+
+
+def test_bad_input_is_refused_and_changes_nothing(stack):
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    ids = register_communities(inspection)
+    inspect(inspection, ids[ZHOUJIASHAN], "2026-11-02", 90)
+    support.wait_until(lambda: scoring.get(f"/subjects/{ZHOUJIASHAN}/scores").status_code == 200,
+                       message="first score")
+
+    def error_field(response, status=422):
+        assert response.status_code == status, response.text
+        return [e["field"] for e in response.json()["errors"]]
+
+    assert "query.period" in error_field(scoring.get("/rankings?period=2026-13"))
+    assert "query.period" in error_field(scoring.get("/rankings?period=November"))
+    assert "period" in error_field(scoring.post("/vetoes", {"subject_id": ZHOUJIASHAN, "period": "2026/11",
+                                                            "reason": "criticism", "issued_by": "区爱卫办"}))
+    assert "subject_id" in error_field(scoring.post("/vetoes", {"subject_id": "nobody", "period": "2026-11",
+                                                                "reason": "criticism", "issued_by": "区爱卫办"}))
+    assert "period" in error_field(scoring.post("/appraisals", {"subject_id": ZHOUJIASHAN, "period": "2026-11",
+                                                                "score": 90, "appraised_by": "领导小组"}))
+    assert "score" in error_field(scoring.post("/appraisals", {"subject_id": ZHOUJIASHAN, "period": "2026-H2",
+                                                               "score": 101, "appraised_by": "领导小组"}))
+
+    current = scoring.get(f"/policies/{STREET}")
+    assert current.status_code == 200 and current.json()["version"] == 1
+    document = current.json()["document"]
+    city = dict(document, source_weights=[{"name": "暗访", "kinds": ["unannounced"], "weight": 40},
+                                          {"name": "明查", "kinds": ["announced"], "weight": 50},
+                                          {"name": "数字城管", "kinds": ["digital_city"], "weight": 5}])
+    assert error_field(scoring.put(f"/policies/{STREET}", city)) == ["source_weights"]
+    composite = dict(document, composite={"periods": ["half_year"], "routine_weight": 75, "appraisal_weight": 20})
+    assert error_field(scoring.put(f"/policies/{STREET}", composite)) == ["composite"]
+    unranked = dict(document, ranking={"periods": ["month"], "tiers": {"street": {"min_inspections": 2}}})
+    assert error_field(scoring.put(f"/policies/{STREET}", unranked)) == ["ranking.tiers.community"]
+    assert "scale" in error_field(scoring.put(f"/policies/{STREET}", dict(document, scale=150)))
+    assert len(scoring.get(f"/policies/{STREET}/versions").json()) == 1
+
+    # A valid update adds version 2 and keeps version 1; the current month is rescored with it.
+    stricter = dict(document, ranking={**document["ranking"], "tiers": {
+        **document["ranking"]["tiers"], "community": {"min_inspections": 1}}})
+    updated = scoring.put(f"/policies/{STREET}", stricter)
+    assert updated.status_code == 201, updated.text
+    assert updated.json()["version"] == 2
+    versions = scoring.get(f"/policies/{STREET}/versions").json()
+    assert [v["version"] for v in versions] == [1, 2] and versions[0]["document"] == document
+    engine = create_engine(stack["database_url"])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(PolicyVersion)).scalar_one() == 2
+    engine.dispose()
+    assert scoring.get(f"/policies/{ZHOUJIASHAN}").json()["inherited"] is True
+
+
+def test_metrics_and_openapi(stack):
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    ids = register_communities(inspection)
+    inspect(inspection, ids[SHILIHE], "2026-11-02", 90)
+    support.wait_until(lambda: "chuangwei_scores_published_total" in scoring.get("/metrics").text
+                       and 'chuangwei_subjects_ranked{' in scoring.get("/metrics").text, message="metrics")
+    text = scoring.get("/metrics").text
+    assert "chuangwei_score_recompute_seconds_bucket" in text
+    spec = scoring.get("/openapi.json").json()
+    assert {"/rankings", "/subjects/{subject_id}/scores", "/subjects/{subject_id}/scores/{period}",
+            "/appraisals", "/vetoes", "/policies/{node}"} <= set(spec["paths"])
