@@ -82,6 +82,9 @@ def _advisory_lock(session: Session, key: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
 
 
+lock_key = _advisory_lock
+
+
 def _insert_ignore(session: Session, table, values: dict) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True if the row was inserted."""
     if _postgres(session):
@@ -295,6 +298,8 @@ def _task_facts(task: TaskRef) -> dict:
 
 
 def _project_task(session: Session, task: TaskRef, at: datetime) -> TaskRow:
+    # Events of one task arrive on several queues and may be handled at once.
+    _advisory_lock(session, f"notify-task:{task.task_id}")
     row = session.get(TaskRow, task.task_id)
     if row is None:
         row = TaskRow(task_id=task.task_id, urge_count=0, last_event_at=at)
@@ -352,6 +357,7 @@ def apply_task_event(session: Session, ctx: NotifyContext, envelope: EventEnvelo
 def apply_score_published(session: Session, ctx: NotifyContext, envelope: EventEnvelope, payload: ScorePublished,
                           now: datetime | None = None) -> list[Notification]:
     """Keep the highest revision of each (subject, period); only a current revision notifies."""
+    _advisory_lock(session, f"notify-score:{payload.scoring_node}:{payload.subject.subject_id}:{payload.period}")
     row = session.execute(select(ScoreRow).where(
         ScoreRow.scoring_node == payload.scoring_node, ScoreRow.subject_id == payload.subject.subject_id,
         ScoreRow.period_kind == payload.period_kind.value, ScoreRow.period == payload.period)
@@ -381,6 +387,7 @@ def apply_score_published(session: Session, ctx: NotifyContext, envelope: EventE
 def apply_inspection_submitted(session: Session, ctx: NotifyContext, envelope: EventEnvelope,
                                payload: InspectionSubmitted, now: datetime | None = None) -> list[Notification]:
     key = str(payload.inspection_id)
+    _advisory_lock(session, f"notify-inspection:{key}")
     if session.get(InspectionRow, key) is None:
         session.add(InspectionRow(inspection_id=key, inspecting_node=payload.inspecting_node, kind=payload.kind.value,
                                   subject_id=payload.subject.subject_id, subject_name=payload.subject.name,

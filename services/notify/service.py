@@ -62,6 +62,8 @@ class NotifyService(ops_endpoints.OpsEndpoints):
     def _consume(self, body, event_type: str, apply):
         envelope, payload = parse_event(body, event_type)
         with self.db.transaction() as session:
+            # A duplicate handled at the same moment (another instance) waits here, then sees the claim.
+            ops.lock_key(session, f"notify-event:{envelope.event_id}")
             if not claim_event(session, processed_events, envelope.event_id, f"notify.on_{event_type}", event_type):
                 return DUPLICATE
             apply(session, self._ctx(), envelope, payload)

@@ -1,0 +1,344 @@
+"""The notification service through the real broker, PostgreSQL, a real SMTP server and a
+real HTTP server (both on loopback, in subprocesses: aiosmtpd runs its own asyncio loop,
+which does not start under eventlet's monkey patching)."""
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kombu import Connection, Exchange, Producer as KombuProducer
+from sqlalchemy import create_engine, func, select
+
+from services.contracts.events import Producer, make_event
+from services.contracts.events.inspection import PlaceRef
+from services.contracts.events.scoring import PolicyRef, ScoredSubject, ScorePublished
+from services.contracts.events.tasks import (Responsible, TaskOpened, TaskOverdue, TaskRef, TaskRelapsed)
+from services.contracts.periods import CST
+from services.notify.models import Notification, ScoreRow, TaskRow
+from services.notify.service import NotifyService
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+STREET = "411502008000"      # 金牛山街道 (this stack)
+COMMUNITY = "411502008001"   # 周家山社区
+
+SERVERS = r'''
+import base64, json, sys, threading
+kind, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+lock = threading.Lock()
+def record(entry):
+    with lock, open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+if kind == "smtp":
+    from aiosmtpd.controller import Controller
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            record({"from": envelope.mail_from, "to": envelope.rcpt_tos,
+                    "data": base64.b64encode(envelope.original_content or envelope.content).decode()})
+            return "250 OK"
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    controller.stop()
+else:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    counts = {}
+    class Bot(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with lock:
+                n = counts[self.path] = counts.get(self.path, 0) + 1
+            fail = self.path.startswith("/fail3/") and n <= 3
+            record({"path": self.path, "n": n, "status": 500 if fail else 200, "body": json.loads(body)})
+            self.send_response(500 if fail else 200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errcode": -1, "errmsg": "busy"}' if fail else b'{"errcode": 0, "errmsg": "ok"}')
+        def log_message(self, *args):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", port), Bot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    server.shutdown()
+'''
+
+
+class LoopbackServer:
+    def __init__(self, kind: str, log_path):
+        self.port = support.free_port()
+        self.log_path = log_path
+        log_path.write_text("", encoding="utf-8")
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVERS, kind, str(self.port), str(log_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_path.read_text(encoding="utf-8").splitlines() if line]
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture
+def loopback(tmp_path):
+    smtp = LoopbackServer("smtp", tmp_path / "mail.jsonl")
+    http = LoopbackServer("http", tmp_path / "bot.jsonl")
+    yield {"smtp": smtp, "http": http}
+    smtp.close()
+    http.close()
+
+
+@pytest.fixture
+def notify_stack(amqp_uri, database_url, loopback, vhost, rabbit_admin):
+    port = support.free_port()
+    config = support.base_config(
+        amqp_uri, database_url, WEB_ADDRESSES={"notify": f"127.0.0.1:{port}"},
+        SMTP_HOST="127.0.0.1", SMTP_PORT=loopback["smtp"].port, SMTP_FROM="cwb@jns.example.cn",
+        NOTIFY_POLL_INTERVAL=0.1, NOTIFY_MAX_ATTEMPTS=3, NOTIFY_RETRY_BASE_SECONDS=0.2, NOTIFY_RETRY_FACTOR=2,
+        NOTIFY_SEND_TIMEOUT=5, WEBHOOK_TIMEOUT=3, NOTIFY_BULLETIN_SCHEDULE="false")
+    with support.running_services(config, NotifyService) as runner:
+        for queue in ("evt-tasks-task_overdue--notify.on_task_overdue",
+                      "evt-scoring-score_published--notify.on_score_published"):
+            support.wait_until(lambda: rabbit_admin.queue(vhost, queue), message=f"queue {queue}")
+        yield {"api": support.ApiClient(f"http://127.0.0.1:{port}"), "amqp_uri": amqp_uri,
+               "database_url": database_url, "bot": f"http://127.0.0.1:{loopback['http'].port}", **loopback}
+
+
+def publish(amqp_uri: str, service: str, envelope) -> None:
+    """What a producer's outbox relay does: a persistent JSON message on `<service>.events`."""
+    with Connection(amqp_uri, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        exchange = Exchange(f"{service}.events", type="topic", durable=True)
+        exchange(channel).declare()
+        KombuProducer(channel).publish(envelope.to_message(), exchange=exchange, routing_key=envelope.event_type,
+                                       serializer="json", delivery_mode=2, message_id=str(envelope.event_id))
+
+
+def count(database_url: str, table) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def consumed(api, event_type: str, outcome: str) -> float:
+    pattern = (r'chuangwei_events_consumed_total\{event_type="%s",outcome="%s",service="notify"\} ([0-9.]+)'
+               % (event_type, outcome))
+    match = re.search(pattern, api.get("/metrics").text)
+    return float(match.group(1)) if match else 0.0
+
+
+def task_ref(task_id: str, subject_id: str, name: str, category=("PT", "公厕"), item="便池干净，无积粪、无尿垢",
+             place="周家山路公厕", deadline=None, status="open") -> TaskRef:
+    return TaskRef(
+        task_id=task_id, inspection_id=f"insp-{task_id}", inspecting_node=STREET, owner_node=STREET,
+        responsible=Responsible(subject_id=subject_id, node=COMMUNITY, name=name),
+        place=PlaceRef(place_id=f"place-{task_id}", name=place, place_type="public_toilet", node=COMMUNITY,
+                       address="周家山路12号") if place else None,
+        item_code=f"{category[0]}-02", item_text=item, category_code=category[0], category_name=category[1],
+        severity="major", deadline_at=deadline or datetime(2026, 11, 10, 18, tzinfo=CST), status=status)
+
+
+TASKS = Producer(node=STREET, service="tasks")
+SCORING = Producer(node=STREET, service="scoring")
+
+
+def register_contacts(api, bot: str):
+    responsible = api.post("/contacts", {
+        "owner_kind": "subject", "owner_id": "subj-zjs", "node": COMMUNITY, "name": "周家山社区 张主任",
+        "inbox_user": "zhang", "email": "zjs@community.example.cn", "webhook_url": f"{bot}/ok/zjs",
+        "webhook_format": "wecom"})
+    assert responsible.status_code == 201, responsible.text
+    office = api.post("/contacts", {"owner_kind": "node", "owner_id": STREET, "node": STREET,
+                                    "name": "金牛山街道创卫办", "inbox_user": "jns.cwb"})
+    assert office.status_code == 201, office.text
+    return responsible.json(), office.json()
+
+
+def test_overdue_task_sends_one_urge_notice_per_channel_and_a_redelivery_sends_nothing(notify_stack):
+    api, smtp, http = notify_stack["api"], notify_stack["smtp"], notify_stack["http"]
+    register_contacts(api, notify_stack["bot"])
+    overdue = make_event(TaskOverdue(task=task_ref("task-1", "subj-zjs", "周家山社区"),
+                                     overdue_since=datetime(2026, 11, 10, 18, tzinfo=CST), urge_count=1),
+                         TASKS, correlation_id="task-1")
+    duplicates_before = consumed(api, "task_overdue", "duplicate")
+    publish(notify_stack["amqp_uri"], "tasks", overdue)
+
+    [mail] = support.wait_until(lambda: smtp.records(), message="an e-mail on the SMTP server")
+    [call] = support.wait_until(lambda: http.records(), message="a webhook call")
+    inbox = api.get("/inbox", params={"user": "zhang"}).json()
+    assert len(inbox) == 1 and inbox[0]["notice_type"] == "urge"
+    assert inbox[0]["title"].startswith("督办单（第1次）") and "周家山社区" in inbox[0]["title"]
+    assert "便池干净，无积粪、无尿垢" in inbox[0]["body_markdown"]
+    office_inbox = api.get("/inbox", params={"user": "jns.cwb"}).json()
+    assert [n["notice_type"] for n in office_inbox] == ["urge"]  # the inspecting office is told too
+
+    message = email.message_from_bytes(base64.b64decode(mail["data"]), policy=email.policy.default)
+    assert mail["to"] == ["zjs@community.example.cn"] and message["From"] == "cwb@jns.example.cn"
+    assert message["Subject"].startswith("督办单（第1次）")
+    assert "周家山路公厕" in message.get_body(("plain",)).get_content()
+    assert "<table>" in message.get_body(("html",)).get_content()
+
+    assert call["path"] == "/ok/zjs" and call["body"]["msgtype"] == "markdown"
+    assert "### 督办单（第1次催办）" in call["body"]["markdown"]["content"]
+
+    # Read and acknowledge (签收) in the inbox.
+    notice_id = inbox[0]["notification_id"]
+    assert api.post(f"/inbox/{notice_id}/read", {"user": "someone.else"}).status_code == 403
+    read = api.post(f"/inbox/{notice_id}/read", {"user": "zhang"})
+    assert read.status_code == 200 and read.json()["read_at"] and "<table>" in read.json()["body_html"]
+    assert api.get("/inbox", params={"user": "zhang", "unread": "true"}).json() == []
+    ack = api.post(f"/inbox/{notice_id}/ack", {"user": "zhang"}).json()
+    assert ack["acknowledged_by"] == "zhang" and ack["acknowledged_at"]
+
+    # The broker redelivers the same event: nothing new anywhere.
+    publish(notify_stack["amqp_uri"], "tasks", overdue)
+    support.wait_until(lambda: consumed(api, "task_overdue", "duplicate") == duplicates_before + 1,
+                       message="the redelivery recognised as a duplicate")
+    time.sleep(1.0)  # ten delivery polls
+    assert len(smtp.records()) == 1 and len(http.records()) == 1
+    assert len(api.get("/inbox", params={"user": "zhang"}).json()) == 1
+    assert count(notify_stack["database_url"], Notification.__table__) == 4  # inbox, e-mail, webhook + office inbox
+    sent = api.get("/notifications", params={"event_id": str(overdue.event_id)}).json()
+    assert sorted(n["channel"] for n in sent) == ["email", "inbox", "inbox", "webhook"]
+    assert all(n["delivery_status"] == "sent" for n in sent)
+    metrics = api.get("/metrics").text
+    assert 'chuangwei_notify_sent_total{channel="email"}' in metrics
+    assert "chuangwei_notify_delivery_latency_seconds_bucket" in metrics
+
+
+def test_a_failing_webhook_is_dead_lettered_after_three_tries_and_delivered_on_replay(notify_stack):
+    api, http = notify_stack["api"], notify_stack["http"]
+    contact = api.post("/contacts", {"owner_kind": "subject", "owner_id": "subj-wjd", "node": COMMUNITY,
+                                     "name": "五星街道办群", "webhook_url": f"{notify_stack['bot']}/fail3/wjd",
+                                     "webhook_format": "dingtalk"})
+    assert contact.status_code == 201, contact.text
+    opened = make_event(TaskOpened(task=task_ref("task-2", "subj-wjd", "五星社区"),
+                                   opened_at=datetime(2026, 11, 5, 9, tzinfo=CST)), TASKS)
+    publish(notify_stack["amqp_uri"], "tasks", opened)
+
+    [dead] = support.wait_until(lambda: api.get("/dead-letters").json(), timeout=20, message="a dead letter")
+    assert dead["channel"] == "webhook" and dead["attempts"] == 3 and "HTTP 500" in dead["last_error"]
+    assert dead["title"].startswith("整改通知书")
+    calls = http.records()
+    assert [c["status"] for c in calls] == [500, 500, 500]
+    assert calls[0]["body"]["msgtype"] == "markdown" and calls[0]["body"]["markdown"]["title"].startswith("整改通知书")
+    [notice] = api.get("/notifications", params={"event_id": str(opened.event_id)}).json()
+    assert notice["delivery_status"] == "dead"
+    assert re.search(r'chuangwei_notify_dead_lettered_total\{channel="webhook"\} [1-9]', api.get("/metrics").text)
+
+    replay = api.post(f"/dead-letters/{dead['dead_letter_id']}/replay", {"operator": "值班员 李强"})
+    assert replay.status_code == 200, replay.text
+    support.wait_until(lambda: len(http.records()) == 4, message="the replayed call")
+    assert http.records()[3]["status"] == 200
+    support.wait_until(lambda: api.get("/notifications", params={"event_id": str(opened.event_id)}
+                                       ).json()[0]["delivery_status"] == "sent", message="delivery marked sent")
+    assert api.get("/dead-letters").json() == []
+    [replayed] = api.get("/dead-letters", params={"state": "replayed"}).json()
+    assert replayed["replayed_by"] == "值班员 李强"
+    again = api.post(f"/dead-letters/{dead['dead_letter_id']}/replay", {})
+    assert again.status_code == 409
+    assert api.post("/dead-letters/no-such-id/replay", {}).status_code == 404
+    time.sleep(0.5)
+    assert len(http.records()) == 4
+
+
+def score(subject_id: str, name: str, period: str, value: float | None, rank: int | None, peers: int, revision=1,
+          vetoed=False, reasons=(), ranked=True, inputs=4) -> ScorePublished:
+    return ScorePublished(
+        scoring_node=STREET, subject=ScoredSubject(subject_id=subject_id, node=COMMUNITY, name=name,
+                                                   subject_type="child_unit"),
+        period_kind="month", period=period, score=value, scale=100, rank=rank, peers=peers, ranked=ranked,
+        vetoed=vetoed, veto_reasons=list(reasons), inputs=inputs, policy=PolicyRef(policy_id="street", version=1),
+        revision=revision, computed_at=datetime.now(timezone.utc))
+
+
+def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
+    api, amqp = notify_stack["api"], notify_stack["amqp_uri"]
+    # October: 甲 1, 乙 2, 丙 3, 丁 4.
+    october = [score("a", "甲社区", "2026-10", 92, 1, 4), score("b", "乙社区", "2026-10", 90, 2, 4),
+               score("c", "丙社区", "2026-10", 88, 3, 4), score("d", "丁社区<东片>", "2026-10", 80, 4, 4)]
+    # November: 丙 95 (1st), 甲 90 (2nd), 丁 85 (3rd), 乙 70 (4th, vetoed); 戊 inspected once: not ranked.
+    # 丙's revision 1 arrives after revision 2 and must not win.
+    november = [score("c", "丙社区", "2026-11", 95, 1, 4, revision=2), score("a", "甲社区", "2026-11", 90, 2, 4),
+                score("d", "丁社区<东片>", "2026-11", 85, 3, 4),
+                score("b", "乙社区", "2026-11", 70, 4, 4, vetoed=True, reasons=["被区创卫办通报批评"]),
+                score("e", "戊社区", "2026-11", 99, None, 4, ranked=False, inputs=1),
+                score("c", "丙社区", "2026-11", 60, 4, 4, revision=1)]
+    for payload in october + november:
+        publish(amqp, "scoring", make_event(payload, SCORING))
+    nov = lambda day: datetime(2026, 11, day, 10, tzinfo=CST)  # noqa: E731
+    toilet, refuse, river = ("PT", "公厕"), ("RS", "垃圾站房"), ("RV", "河道")
+    opened = [("t1", "a", "甲社区", toilet, 3), ("t2", "b", "乙社区", toilet, 4), ("t3", "c", "丙社区", toilet, 5),
+              ("t4", "a", "甲社区", refuse, 6), ("t5", "d", "丁社区<东片>", refuse, 7), ("t6", "b", "乙社区", river, 8)]
+    for task_id, subject, name, category, day in opened:
+        publish(amqp, "tasks", make_event(TaskOpened(
+            task=task_ref(task_id, subject, name, category=category, deadline=nov(day + 2)),
+            opened_at=nov(day)), TASKS))
+    publish(amqp, "tasks", make_event(TaskOverdue(task=task_ref("t2", "b", "乙社区", category=toilet,
+                                                               deadline=nov(6)), overdue_since=nov(6), urge_count=2),
+                                      TASKS))
+    publish(amqp, "tasks", make_event(TaskRelapsed(task=task_ref("t5", "d", "丁社区<东片>", category=refuse,
+                                                                deadline=nov(9)), relapse_of="t0",
+                                                   closed_at=datetime(2026, 10, 20, tzinfo=CST)), TASKS))
+    db = notify_stack["database_url"]
+    support.wait_until(lambda: count(db, TaskRow.__table__) == 6 and count(db, ScoreRow.__table__) == 9,
+                       message="the projections")
+    support.wait_until(lambda: consumed(api, "task_relapsed", "processed") >= 1
+                       and consumed(api, "task_overdue", "processed") >= 1, message="the task events")
+
+    response = api.post("/bulletins", {"period": "2026-11", "requested_by": "金牛山街道创卫办"})
+    assert response.status_code == 201, response.text
+    bulletin = response.json()
+    data = bulletin["data"]
+    assert bulletin["revision"] == 1 and bulletin["title"].endswith("2026年11月创卫工作月度通报")
+    # Computed by hand: 丙 3→1 ↑2, 甲 1→2 ↓1, 丁 4→3 ↑1, 乙 2→4 ↓2.
+    assert [(r["rank"], r["name"], r["score"]) for r in data["ranking"]] == [
+        (1, "丙社区", 95), (2, "甲社区", 90), (3, "丁社区<东片>", 85), (4, "乙社区", 70)]
+    assert [r["movement"] for r in data["ranking"]] == [2, -1, 1, -2]
+    assert [r["movement_text"] for r in data["ranking"]] == ["↑2", "↓1", "↑1", "↓2"]
+    assert [u["name"] for u in data["unranked"]] == ["戊社区"]
+    assert [v["name"] for v in data["vetoed"]] == ["乙社区"]
+    assert [c["name"] for c in data["commended"]] == ["丙社区", "甲社区", "丁社区<东片>"]
+    [criticised] = data["criticised"]
+    assert criticised["name"] == "乙社区" and any("被区创卫办通报批评" in r for r in criticised["reasons"])
+    assert [(c["category_name"], c["count"]) for c in data["top_categories"]] == [("公厕", 3), ("垃圾站房", 2)]
+    assert [t["task_id"] for t in data["overdue_tasks"]] == ["t2"]
+    assert [t["task_id"] for t in data["relapsed_tasks"]] == ["t5"]
+    assert data["figures"]["tasks_opened"] == 6
+
+    markdown = api.get(f"/bulletins/{bulletin['bulletin_id']}/markdown")
+    assert markdown.status_code == 200 and markdown.headers["Content-Type"].startswith("text/markdown")
+    rows = [line for line in markdown.text.splitlines() if re.match(r"^\| \d ", line)]
+    assert rows == ["| 1 | 丙社区 | 95 |  | ↑2 |", "| 2 | 甲社区 | 90 |  | ↓1 |",
+                    "| 3 | 丁社区<东片> | 85 |  | ↑1 |", "| 4 | 乙社区（一票否决） | 70 |  | ↓2 |"]
+    html = api.get(f"/bulletins/{bulletin['bulletin_id']}/html")
+    assert html.status_code == 200 and html.headers["Content-Type"].startswith("text/html")
+    assert "丁社区&lt;东片&gt;" in html.text and "丁社区<东片>" not in html.text  # autoescaped
+    assert html.text.index("丙社区") < html.text.index("甲社区") < html.text.index("乙社区（一票否决）")
+
+    # Kept: listed, and a second generation is a new revision.
+    again = api.post("/bulletins", {"period": "2026-11"}).json()
+    assert again["revision"] == 2
+    listed = api.get("/bulletins", params={"period": "2026-11"}).json()
+    assert [b["revision"] for b in listed] == [2, 1]
+    assert api.post("/bulletins", {"period": "2026-13"}).status_code == 422
+    assert api.post("/bulletins", {"period": "2099-01"}).status_code == 422
