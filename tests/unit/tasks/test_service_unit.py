@@ -1,0 +1,116 @@
+"""The tasks service's entrypoints with their dependencies replaced (worker_factory):
+an in-memory SQLite database, a recording outbox, a fixed clock."""
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from unittest.mock import MagicMock
+
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from services.contracts.events import InvalidEvent
+from services.contracts.nodes import Tier
+from services.plumbing.consumer import DUPLICATE
+from services.plumbing.db import WorkerDatabase
+from services.plumbing.providers import StackIdentity
+from services.tasks.models import Base, Task
+from services.tasks.schemas import FixIn, StartIn, VerifyIn
+from services.tasks.service import TasksService
+
+SAMPLE = Path(__file__).resolve().parents[3] / "services" / "contracts" / "events" / "samples" \
+    / "inspection_submitted.v1.json"
+NOW = datetime(2026, 11, 20, 3, 0, tzinfo=timezone.utc)
+PHOTO = {"uri": "photos/after.jpg", "sha256": "c" * 64}
+
+
+class RecordingOutbox:
+    def __init__(self):
+        self.events = []
+
+    def add(self, session, payload, correlation_id=None, **kw):
+        self.events.append(payload)
+
+    def of(self, event_type):
+        return [e for e in self.events if e.EVENT_TYPE == event_type]
+
+
+class FixedClock:
+    def __init__(self, now):
+        self.at = now
+
+    def now(self):
+        return self.at
+
+
+@pytest.fixture
+def engine():
+    engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def service(engine):
+    return worker_factory(
+        TasksService,
+        db=WorkerDatabase(sessionmaker(bind=engine, expire_on_commit=False)),
+        outbox=RecordingOutbox(),
+        identity=StackIdentity(home="411502008000", tier=Tier.street, tree=None),
+        clock=FixedClock(NOW),
+        config={"TASKS_ESCALATION_GRACE_HOURS": 48},
+    )
+
+
+def sample_event():
+    return json.loads(SAMPLE.read_text(encoding="utf-8"))
+
+
+def task_count(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Task.__table__)).scalar_one()
+
+
+def test_inspection_submitted_opens_one_task_per_finding_once(service, engine):
+    body = sample_event()
+    findings = body["payload"]["findings"]
+    ids = service.on_inspection_submitted(body)
+    assert len(ids) == len(findings) == task_count(engine)
+    opened = service.outbox.of("task_opened")
+    assert sorted(e.task.item_code for e in opened) == sorted(f["item_code"] for f in findings)
+    assert all(e.task.responsible.name == "周家山社区" and e.task.status == "open" for e in opened)
+    [figures] = service.outbox.of("ledger_figures_updated")
+    assert figures.opened == len(findings) and figures.period == "2026-11"
+
+    before = len(service.outbox.events)
+    assert service.on_inspection_submitted(body) == DUPLICATE
+    assert task_count(engine) == len(findings) and len(service.outbox.events) == before
+
+
+def test_a_poison_message_is_refused(service, engine):
+    body = sample_event()
+    body["payload"]["findings"][0]["severity"] = "catastrophic"
+    with pytest.raises(InvalidEvent):
+        service.on_inspection_submitted(body)
+    assert task_count(engine) == 0
+
+
+def test_lifecycle_entrypoints_and_the_sweeper(service):
+    [tid, *_] = service.on_inspection_submitted(sample_event())
+    request = MagicMock()
+    service.start_task(request, tid, body=StartIn(actor="张伟", role="responsible"))
+    service.submit_fix(request, tid, body=FixIn(actor="张伟", role="responsible", note="已整改", after_photos=[PHOTO]))
+    closed = service.verify_task(request, tid, body=VerifyIn(actor="王芳", role="inspector"))
+    assert closed.status == "closed" and closed.verified_by == "王芳"
+    [event] = service.outbox.of("task_closed")
+    assert event.task.task_id == tid and event.on_time is True
+
+    service.clock.at = NOW + timedelta(days=30)   # every other task is long overdue
+    swept = service.run_sweep(request)
+    others = len(sample_event()["payload"]["findings"]) - 1
+    assert (swept.urged, swept.escalated) == (others, others)
+    assert len(service.outbox.of("task_escalated")) == others
+    assert service.run_sweep(request).urged == 0
