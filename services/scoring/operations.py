@@ -62,6 +62,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def lock_scoring(session: Session) -> None:
     """Serialise scoring work of this stack (rankings read and write whole peer groups)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -339,7 +344,7 @@ class Scorer:
             rank=row.rank, peers=row.peers, ranked=row.ranked, movement=row.movement, vetoed=row.vetoed,
             veto_reasons=list(row.veto_reasons or []), inputs=row.inputs,
             policy=PolicyRef(policy_id=row.policy_id, version=row.policy_version), revision=row.revision,
-            computed_at=row.computed_at)
+            computed_at=_aware(row.computed_at))
         self.ctx.outbox.add(self.session, event, correlation_id=self.correlation_id)
         metrics.SCORES_PUBLISHED.labels(row.period_kind).inc()
         if row.subject_type == CHILD and row.node != self.ctx.home:
@@ -434,7 +439,7 @@ def apply_ledger_figures(session: Session, ctx: Context, event_id: str, event: L
         from services.contracts.events import InvalidEvent
         raise InvalidEvent(f"ledger period {event.period!r} is not a month")
     row = session.get(LedgerFigures, (event.subject_id, event.period))
-    if row is not None and row.computed_at >= event.computed_at:
+    if row is not None and _aware(row.computed_at) >= event.computed_at:
         return 0  # an older figure arriving late
     if row is None:
         row = LedgerFigures(subject_id=event.subject_id, period=event.period)

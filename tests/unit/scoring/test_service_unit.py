@@ -1,0 +1,96 @@
+"""The scoring service's event handler with its dependencies replaced (worker_factory).
+
+The database is an in-memory SQLite one (no server); the outbox records what would be published.
+"""
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from services.contracts.events import InvalidEvent, Producer, make_event
+from services.contracts.events.inspection import InspectionSubmitted
+from services.contracts.nodes import Tier
+from services.plumbing.consumer import DUPLICATE
+from services.plumbing.db import WorkerDatabase
+from services.plumbing.providers import StackIdentity
+from services.scoring.models import Base, PeriodScore, ScoreInputRow
+from services.scoring.service import ScoringService
+
+SAMPLES = Path(__file__).resolve().parents[3] / "services" / "contracts" / "events" / "samples"
+
+
+class RecordingOutbox:
+    def __init__(self):
+        self.events = []
+
+    def add(self, session, payload, correlation_id=None, **kw):
+        self.events.append(payload)
+
+
+@pytest.fixture
+def service():
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    Base.metadata.create_all(engine)
+    svc = worker_factory(
+        ScoringService,
+        db=WorkerDatabase(sessionmaker(bind=engine, expire_on_commit=False)),
+        outbox=RecordingOutbox(),
+        identity=StackIdentity(home="411502008000", tier=Tier.street, tree=None),
+        default_policy="street",
+    )
+    svc.engine = engine
+    yield svc
+    engine.dispose()
+
+
+def inspection_event(node, score, day, subject_id=None):
+    base = json.loads((SAMPLES / "inspection_submitted.v1.json").read_text(encoding="utf-8"))["payload"]
+    base.update(inspection_id=str(uuid4()), score=score, inspected_at=f"{day}T10:00:00+08:00",
+                subject={"subject_id": subject_id or str(uuid4()), "node": node, "name": f"社区{node[-3:]}",
+                         "subject_type": "child_unit"})
+    payload = InspectionSubmitted.model_validate(base)
+    return make_event(payload, Producer(node="411502008000", service="inspection")).to_message()
+
+
+def test_inspection_event_scores_the_subject_and_rolls_up(service):
+    published = service.on_inspection_submitted(inspection_event("411502008001", 88.0, "2026-11-02"))
+    events = service.outbox.events
+    assert published == len(events)
+    month = [e for e in events if e.period == "2026-11"]
+    assert {e.subject.subject_id for e in month} == {"411502008001", "411502008000"}  # the community and its street
+    community = next(e for e in month if e.subject.subject_id == "411502008001")
+    assert community.score == 88.0 and community.inputs == 1 and community.revision == 1
+    assert not community.ranked  # one inspection: below the street scheme's minimum of 2
+    assert {e.period_kind for e in events if e.subject.subject_id == "411502008001"} == {
+        "week", "month", "quarter", "half_year", "year"}
+
+
+def test_redelivered_event_changes_nothing(service):
+    body = inspection_event("411502008006", 90.0, "2026-11-09")
+    service.on_inspection_submitted(body)
+    count = len(service.outbox.events)
+    assert service.on_inspection_submitted(body) == DUPLICATE
+    assert len(service.outbox.events) == count
+    with service.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ScoreInputRow)).scalar_one() == 1
+
+
+def test_second_inspection_ranks_and_revises(service):
+    subject_id = str(uuid4())
+    service.on_inspection_submitted(inspection_event("411502008008", 80.0, "2026-11-02", subject_id))
+    service.on_inspection_submitted(inspection_event("411502008008", 90.0, "2026-11-09", subject_id))
+    month = [e for e in service.outbox.events if e.period == "2026-11" and e.subject.subject_id == "411502008008"]
+    assert [e.revision for e in month] == [1, 2]
+    assert month[-1].score == 85.0 and month[-1].ranked and month[-1].rank == 1 and month[-1].inputs == 2
+
+
+def test_poison_message_raises_invalid_event(service):
+    with pytest.raises(InvalidEvent):
+        service.on_inspection_submitted({"event_type": "inspection_submitted", "payload": {}})
+    assert service.outbox.events == []
