@@ -157,9 +157,12 @@ def assemble_bulletin(period_key: str, node: str, node_name: str, scores: Iterab
             if e.subject_id not in {c["subject_id"] for c in data.commended}:
                 criticised[e.subject_id] = {"subject_id": e.subject_id, "name": e.name, "rank": e.rank,
                                             "score": e.score, "reasons": [f"排名后{policy.criticise_bottom}位"]}
+    by_subject = {e.subject_id: e for e in data.ranking}
     for v in data.vetoed:
-        entry = criticised.setdefault(v["subject_id"], {"subject_id": v["subject_id"], "name": v["name"],
-                                                        "rank": None, "score": None, "reasons": []})
+        ranked_entry = by_subject.get(v["subject_id"])
+        entry = criticised.setdefault(v["subject_id"], {
+            "subject_id": v["subject_id"], "name": v["name"], "rank": ranked_entry.rank if ranked_entry else None,
+            "score": ranked_entry.score if ranked_entry else None, "reasons": []})
         entry["reasons"].append("一票否决" + (f"：{'；'.join(v['reasons'])}" if v["reasons"] else ""))
     data.criticised = sorted(criticised.values(), key=lambda c: (c["rank"] is None, c["rank"] or 0, c["name"]))
 

@@ -330,7 +330,7 @@ def apply_task_event(session: Session, ctx: NotifyContext, envelope: EventEnvelo
         if payload.relapse_of:
             row.relapse_of, row.relapsed_at = payload.relapse_of, payload.opened_at
     elif isinstance(payload, TaskOverdue):
-        row.overdue_since = min(filter(None, [row.overdue_since, payload.overdue_since]))
+        row.overdue_since = min(filter(None, [aware(row.overdue_since), payload.overdue_since]))
         row.urge_count = max(row.urge_count or 0, payload.urge_count)
         facts["urge_count"] = payload.urge_count
     elif isinstance(payload, TaskEscalated):
@@ -594,8 +594,9 @@ def _task_facts_for(session: Session, start: datetime, end: datetime) -> list[Ta
         (TaskRow.opened_at.is_(None)) | (TaskRow.opened_at < end),
         (TaskRow.closed_at.is_(None)) | (TaskRow.closed_at >= start))).scalars()
     return [TaskFact(r.task_id, r.subject_id, r.subject_name, r.place_name, r.item_text, r.category_code,
-                     r.category_name, r.severity, r.status, r.deadline_at, r.opened_at, r.overdue_since,
-                     r.urge_count or 0, r.closed_at, r.relapse_of, r.relapsed_at) for r in rows]
+                     r.category_name, r.severity, r.status, aware(r.deadline_at), aware(r.opened_at),
+                     aware(r.overdue_since), r.urge_count or 0, aware(r.closed_at), r.relapse_of,
+                     aware(r.relapsed_at)) for r in rows]
 
 
 def generate_bulletin(session: Session, ctx: NotifyContext, period_key: str, trigger: str = "api",

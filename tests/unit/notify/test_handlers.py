@@ -1,0 +1,75 @@
+"""A consumer through nameko's worker_factory: the real handler on a scratch SQLite database."""
+from datetime import datetime, timezone
+
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from services.contracts.events import InvalidEvent, Producer, make_event
+from services.contracts.events.tasks import Responsible, TaskOverdue, TaskRef
+from services.contracts.nodes import Tier
+from services.notify.models import Contact, Delivery, Notification, TaskRow
+from services.notify.service import MIGRATIONS, NotifyService
+from services.plumbing.consumer import DUPLICATE
+from services.plumbing.db import WorkerDatabase, make_engine, run_migrations
+from services.plumbing.providers import StackIdentity
+
+STREET = "411502008000"
+COMMUNITY = "411502008001"
+
+
+@pytest.fixture
+def service(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/notify.db")
+    run_migrations(engine, MIGRATIONS, "alembic_version_notify")
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    with factory.begin() as session:
+        now = datetime.now(timezone.utc)
+        session.add(Contact(id="c1", owner_kind="subject", owner_id="subj-1", node=COMMUNITY, name="张主任",
+                            inbox_user="zhang", email="zjs@example.cn", webhook_url=None, webhook_format="wecom",
+                            active=True, created_at=now, updated_at=now))
+    svc = worker_factory(NotifyService, db=WorkerDatabase(factory),
+                         identity=StackIdentity(home=STREET, tier=Tier.street, tree=None), config={})
+    yield svc, factory
+    engine.dispose()
+
+
+def overdue_event(urge_count=1):
+    task = TaskRef(task_id="task-1", inspection_id="insp-1", inspecting_node=STREET, owner_node=STREET,
+                   responsible=Responsible(subject_id="subj-1", node=COMMUNITY, name="周家山社区"),
+                   item_code="PT-02", item_text="便池干净", category_code="PT", category_name="公厕",
+                   severity="minor", deadline_at=datetime(2026, 11, 10, tzinfo=timezone.utc), status="open")
+    return make_event(TaskOverdue(task=task, overdue_since=datetime(2026, 11, 10, tzinfo=timezone.utc),
+                                  urge_count=urge_count), Producer(node=STREET, service="tasks"))
+
+
+def counts(factory):
+    with factory() as session:
+        return {table.__tablename__: session.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in (Notification, Delivery, TaskRow)}
+
+
+def test_on_task_overdue_notifies_once_and_recognises_the_duplicate(service):
+    svc, factory = service
+    event = overdue_event().to_message()
+    assert svc.on_task_overdue(event) == "processed"
+    assert counts(factory) == {"notify_notifications": 2, "notify_deliveries": 1, "notify_tasks": 1}
+    with factory() as session:
+        inbox = session.execute(select(Notification).where(Notification.channel == "inbox")).scalar_one()
+        assert inbox.inbox_user == "zhang" and inbox.notice_type == "urge" and inbox.title.startswith("督办单")
+        assert session.get(TaskRow, "task-1").urge_count == 1
+    assert svc.on_task_overdue(event) == DUPLICATE
+    assert counts(factory) == {"notify_notifications": 2, "notify_deliveries": 1, "notify_tasks": 1}
+    # The next urge (a new event) is a new notice.
+    assert svc.on_task_overdue(overdue_event(urge_count=2).to_message()) == "processed"
+    assert counts(factory)["notify_notifications"] == 4
+
+
+def test_a_malformed_event_is_poison(service):
+    svc, factory = service
+    with pytest.raises(InvalidEvent):
+        svc.on_task_overdue({"event_type": "task_overdue", "payload": {}})
+    with pytest.raises(InvalidEvent):
+        svc.on_task_overdue(overdue_event().to_message() | {"event_type": "task_opened"})
+    assert counts(factory) == {"notify_notifications": 0, "notify_deliveries": 0, "notify_tasks": 0}
