@@ -110,10 +110,10 @@ def settled(api, period: str, expected_inputs: int, count: int = 3):
     return support.wait_until(ready, timeout=30, message=f"{period} scored")
 
 
-def consumed(api, outcome: str) -> float:
+def consumed(api, outcome: str, event_type: str = "inspection_submitted") -> float:
     text = api.get("/metrics").text
-    m = re.search(r'chuangwei_events_consumed_total\{event_type="inspection_submitted",outcome="%s",'
-                  r'service="scoring"\} ([0-9.e+]+)' % outcome, text)
+    m = re.search(r'chuangwei_events_consumed_total\{event_type="%s",outcome="%s",'
+                  r'service="scoring"\} ([0-9.e+]+)' % (event_type, outcome), text)
     return float(m.group(1)) if m else 0.0
 
 
@@ -322,3 +322,48 @@ def test_metrics_and_openapi(stack):
     spec = scoring.get("/openapi.json").json()
     assert {"/rankings", "/subjects/{subject_id}/scores", "/subjects/{subject_id}/scores/{period}",
             "/appraisals", "/vetoes", "/policies/{node}"} <= set(spec["paths"])
+
+
+def publish(amqp_uri: str, exchange: str, body: dict) -> None:
+    with Connection(amqp_uri) as conn:
+        Producer(conn.default_channel).publish(
+            body, exchange=Exchange(exchange, type="topic", durable=True), routing_key=body["event_type"],
+            serializer="json", delivery_mode=2)
+
+
+def ledger_event(subject_id: str, node: str, overdue_open: int, computed_at: str) -> dict:
+    from services.contracts.events import Producer as EventProducer, make_event
+    from services.contracts.events.tasks import LedgerFiguresUpdated
+    payload = LedgerFiguresUpdated(subject_id=subject_id, node=node, period="2026-11", opened=8, closed=5,
+                                   closed_on_time=4, overdue_open=overdue_open, relapses=0, close_rate=0.625,
+                                   on_time_rate=0.8, mean_hours_to_fix=30.0, computed_at=computed_at)
+    return make_event(payload, EventProducer(node=STREET, service="tasks")).to_message()
+
+
+def test_overdue_condition_from_the_tasks_ledger_vetoes_and_lifts(stack):
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    ids = register_communities(inspection)
+    for day, score in (("2026-11-02", 96), ("2026-11-09", 98)):  # mean 97: 优秀
+        inspect(inspection, ids[ZHOUJIASHAN], day, score)
+    month = lambda: scoring.get(f"/subjects/{ZHOUJIASHAN}/scores/2026-11").json()  # noqa: E731
+    support.wait_until(lambda: month().get("inputs") == 2, message="November scored")
+    assert month()["grade"] == "优秀" and month()["vetoed"] is False
+
+    # The street scheme vetoes at 3 or more overdue tasks open; the ledger names the inspection's subject id.
+    publish(stack["amqp_uri"], "tasks.events", ledger_event(ids[ZHOUJIASHAN], ZHOUJIASHAN, 3, "2026-11-20T08:00:00Z"))
+    vetoed = support.wait_until(lambda: month() if month()["vetoed"] else None, message="ledger veto")
+    assert vetoed["grade"] == "合格" and vetoed["score"] == 97.0
+    assert any("整改超期" in r for r in vetoed["veto_reasons"])
+    assert vetoed["explain"]["vetoes"][0]["source"] == "ledger"
+
+    # An older figure arriving late changes nothing; a newer one lifts the veto.
+    processed = consumed(scoring, "processed", "ledger_figures_updated")
+    publish(stack["amqp_uri"], "tasks.events", ledger_event(ids[ZHOUJIASHAN], ZHOUJIASHAN, 0, "2026-11-19T08:00:00Z"))
+    support.wait_until(lambda: consumed(scoring, "processed", "ledger_figures_updated") == processed + 1,
+                       message="stale figure consumed")
+    assert month()["vetoed"] and "3 overdue" in " ".join(month()["veto_reasons"])
+    publish(stack["amqp_uri"], "tasks.events", ledger_event(ids[ZHOUJIASHAN], ZHOUJIASHAN, 5, "2026-11-21T08:00:00Z"))
+    support.wait_until(lambda: "5 overdue" in " ".join(month()["veto_reasons"]), message="newer figure applied")
+    publish(stack["amqp_uri"], "tasks.events", ledger_event(ids[ZHOUJIASHAN], ZHOUJIASHAN, 1, "2026-11-22T08:00:00Z"))
+    lifted = support.wait_until(lambda: month() if not month()["vetoed"] else None, message="veto lifted")
+    assert lifted["grade"] == "优秀"
