@@ -106,7 +106,7 @@ def _check_node(ctx: Context, node: str, field_name: str = "node") -> str:
 
 def policy_out(row: PolicyVersion, node: str) -> dict:
     return {"node": node, "defined_at": row.node, "inherited": row.node != node, "version": row.version,
-            "policy_id": row.policy_id, "created_by": row.created_by, "created_at": row.created_at,
+            "policy_id": row.policy_id, "created_by": row.created_by, "created_at": _aware(row.created_at),
             "document": row.document}
 
 
@@ -526,7 +526,7 @@ def figure_out(row: PeriodScore) -> dict:
             "rank": row.rank, "peers": row.peers, "ranked": row.ranked, "movement": row.movement,
             "vetoed": row.vetoed, "veto_reasons": list(row.veto_reasons or []), "inputs": row.inputs,
             "policy": {"policy_id": row.policy_id, "version": row.policy_version}, "revision": row.revision,
-            "computed_at": row.computed_at}
+            "computed_at": _aware(row.computed_at)}
 
 
 def ranking(session: Session, ctx: Context, period_key: str, tier: str | None, subject_type: str) -> dict:

@@ -88,18 +88,20 @@ class ScoringService(ops_endpoints.OpsEndpoints):
     @api("GET", "/rankings", query=RankingQuery, response=RankingOut,
          summary="排名 Ranking of a tier's peers for a period (ties share a rank; small samples listed apart)")
     def get_ranking(self, request, query: RankingQuery):
-        return ops.ranking(self.db.session, self._ctx(), query.period,
-                           str(query.tier) if query.tier else None, str(query.subject_type))
+        return RankingOut.model_validate(ops.ranking(self.db.session, self._ctx(), query.period,
+                                                     str(query.tier) if query.tier else None,
+                                                     str(query.subject_type)))
 
     @api("GET", "/subjects/<subject_id>/scores", query=HistoryQuery, response=HistoryOut,
          summary="得分历史 A subject's scores, period by period")
     def get_history(self, request, subject_id, query: HistoryQuery):
-        return ops.history(self.db.session, subject_id, str(query.period_kind) if query.period_kind else None)
+        return HistoryOut.model_validate(ops.history(self.db.session, subject_id,
+                                                     str(query.period_kind) if query.period_kind else None))
 
     @api("GET", "/subjects/<subject_id>/scores/<period>", response=ExplainOut,
          summary="得分说明 Explain one score: inspections, weights, months, children, appraisal, vetoes")
     def explain_score(self, request, subject_id, period):
-        return ops.explain(self.db.session, subject_id, period)
+        return ExplainOut.model_validate(ops.explain(self.db.session, subject_id, period))
 
     # --- entries ---
 
@@ -107,34 +109,37 @@ class ScoringService(ops_endpoints.OpsEndpoints):
          summary="录入综合评议 Enter a comprehensive appraisal (综合评议 / 民主测评) for a composite period")
     def enter_appraisal(self, request, body: AppraisalIn):
         with self.db.transaction() as session:
-            return ops.add_appraisal(session, self._ctx(), body.subject_id, body.period, body.score,
-                                     body.appraised_by, body.note)
+            result = ops.add_appraisal(session, self._ctx(), body.subject_id, body.period, body.score,
+                                       body.appraised_by, body.note)
+        return AppraisalOut.model_validate(result)
 
     @api("POST", "/vetoes", body=VetoIn, response=VetoOut, status=201,
          summary="一票否决 Enter a veto: criticism notice (通报批评) or media exposure (媒体曝光)")
     def enter_veto(self, request, body: VetoIn):
         with self.db.transaction() as session:
-            return ops.add_veto(session, self._ctx(), body.subject_id, body.period, body.reason, body.issued_by,
-                                body.note, body.reference)
+            result = ops.add_veto(session, self._ctx(), body.subject_id, body.period, body.reason,
+                                  body.issued_by, body.note, body.reference)
+        return VetoOut.model_validate(result)
 
     # --- policies ---
 
     @api("GET", "/policies/<node>", response=PolicyOut,
          summary="考评办法 The scoring policy in force for a node (its own or inherited)")
     def get_policy(self, request, node):
-        return ops.get_policy(self.db.session, self._ctx(), node)
+        return PolicyOut.model_validate(ops.get_policy(self.db.session, self._ctx(), node))
 
     @api("GET", "/policies/<node>/versions", response=list[PolicyOut],
          summary="考评办法版本 Every version of a node's own policy")
     def get_policy_versions(self, request, node):
-        return ops.policy_versions(self.db.session, self._ctx(), node)
+        return [PolicyOut.model_validate(v) for v in ops.policy_versions(self.db.session, self._ctx(), node)]
 
     @api("PUT", "/policies/<node>", body=Policy, response=PolicyOut, status=201,
          summary="修订考评办法 Adopt a new policy version for a node (old versions are kept)")
     def put_policy(self, request, node, body: Policy):
         changed_by = request.headers.get("X-Changed-By") or "api"
         with self.db.transaction() as session:
-            return ops.update_policy(session, self._ctx(), node, body.model_dump(mode="json"), changed_by[:100])
+            result = ops.update_policy(session, self._ctx(), node, body.model_dump(mode="json"), changed_by[:100])
+        return PolicyOut.model_validate(result)
 
     @api("POST", "/recompute", body=RecomputeIn,
          summary="重新计算 Recompute every figure of a period (e.g. after a policy change for a closed period)")
