@@ -115,7 +115,7 @@ def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
         closed_at=_aware(task.closed_at), verified_by=task.verified_by, on_time=task.on_time,
         hours_to_fix=task.hours_to_fix, escalated_to=task.escalated_to, escalated_at=_aware(task.escalated_at),
         escalation_reason=task.escalation_reason, answer_due_at=_aware(task.answer_due_at),
-        relapse_of=task.relapse_of,
+        relapse_of=task.relapse_of, relapse=task.relapse_of is not None,
         history=[history_out(h) for h in task.history] if with_history else None)
 
 
@@ -238,7 +238,6 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
     from_status = TaskStatus(task.status)
     target = domain.check_transition(from_status, action, role, actor, task.fixed_by)
     evidence_json = [e.model_dump(mode="json") for e in evidence]
-    closed_event = escalated_event = None
     if action == Action.submit_fix:
         task.fixed_by, task.fix_submitted_at, task.fix_note, task.after_evidence = actor, now, note, evidence_json
     elif action == Action.verify:
@@ -247,19 +246,15 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
         task.on_time = fixed_at <= _aware(task.deadline_at)
         task.hours_to_fix = domain.hours_between(_aware(task.found_at), fixed_at)
         metrics.HOURS_TO_FIX.observe(task.hours_to_fix)
-        closed_event = lambda ref: TaskClosed(task=ref, closed_at=now, verified_by=actor,  # noqa: E731
-                                              on_time=task.on_time, hours_to_fix=task.hours_to_fix)
     elif action == Action.escalate:
         task.escalated_to = domain.escalation_target(task.owner_node)
         task.escalated_at, task.escalation_reason = now, note
         task.answer_due_at = now + timedelta(hours=settings.answer_hours)
         metrics.ESCALATIONS.labels("sweeper" if role == Role.system else "responsible").inc()
-        escalated_event = lambda ref: TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,  # noqa: E731
-                                                    answer_due_at=task.answer_due_at, at=now)
     elif action == Action.answer and new_deadline_at is not None:
         if new_deadline_at <= now:
             raise TaskRuleViolation("new_deadline_at", "a new deadline must lie in the future")
-        task.deadline_at, task.deadline_source = new_deadline_at, "inspector"
+        task.deadline_at, task.deadline_source = new_deadline_at, "coordinator"
         task.yellow_at = domain.yellow_from(_aware(task.found_at), new_deadline_at)
         task.overdue_since = None
         task.last_urged_at = None
@@ -271,10 +266,12 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
     ref = task_ref(task)
     outbox.add(session, TaskStatusChanged(task=ref, from_status=from_status, to_status=target, actor=actor,
                                           reason=note, at=now), correlation_id=task.id)
-    if closed_event:
-        outbox.add(session, closed_event(ref), correlation_id=task.id)
-    if escalated_event:
-        outbox.add(session, escalated_event(ref), correlation_id=task.id)
+    if action == Action.verify:
+        outbox.add(session, TaskClosed(task=ref, closed_at=now, verified_by=actor, on_time=task.on_time,
+                                       hours_to_fix=task.hours_to_fix), correlation_id=task.id)
+    elif action == Action.escalate:
+        outbox.add(session, TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,
+                                          answer_due_at=task.answer_due_at, at=now), correlation_id=task.id)
     metrics.TRANSITIONS.labels(action.value).inc()
 
 
@@ -520,7 +517,8 @@ def refresh_figures(session: Session, outbox: OutboxLike, keys: set[tuple[str, s
 
 
 def refresh_gauges(session: Session, now: datetime) -> None:
-    light = case((or_(Task.deadline_at <= now, Task.overdue_since.is_not(None)), "red"), (Task.yellow_at <= now, "yellow"), else_="green")
+    red = or_(Task.deadline_at <= now, Task.overdue_since.is_not(None))
+    light = case((red, "red"), (Task.yellow_at <= now, "yellow"), else_="green")
     rows = session.execute(select(light.label("light"), Task.severity, func.count())
                            .where(Task.status != TaskStatus.closed.value)
                            .group_by(light, Task.severity)).all()

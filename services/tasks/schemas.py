@@ -117,7 +117,7 @@ class TaskOut(BaseModel):
     found_at: datetime
     opened_at: datetime
     deadline_at: datetime
-    deadline_source: Literal["inspector", "item", "immediate"]
+    deadline_source: Literal["inspector", "item", "immediate", "coordinator"]
     status: TaskStatus
     light: Light | None = Field(description="None once closed")
     time_used: float = Field(description="fraction of the time limit used")
@@ -136,7 +136,8 @@ class TaskOut(BaseModel):
     escalated_at: datetime | None
     escalation_reason: str | None
     answer_due_at: datetime | None
-    relapse_of: str | None
+    relapse_of: str | None = Field(description="the closed task this one repeats (反弹)")
+    relapse: bool = Field(description="flagged as a relapse (反弹)")
     history: list[HistoryOut] | None = None
 
 

@@ -239,7 +239,7 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     [relapse] = wait_events(tap, "task_relapsed")
     assert relapse["payload"]["relapse_of"] == tid
     relapse_task = api.get(f"/tasks/{relapse['payload']['task']['task_id']}").json()
-    assert relapse_task["relapse_of"] == tid and relapse_task["item_code"] == "PT-03"
+    assert relapse_task["relapse_of"] == tid and relapse_task["relapse"] is True and relapse_task["item_code"] == "PT-03"
     assert [t["task_id"] for t in api.get("/tasks?relapse=true").json()] == [relapse_task["task_id"]]
 
     # --- figures and the ledger exports -----------------------------------------------------------
@@ -352,6 +352,7 @@ def test_redelivered_inspection_opens_no_second_task_and_bad_requests_change_not
         "actor": "区爱卫办", "role": "coordinator", "note": "已协调环卫所清掏", "new_deadline_at": new_deadline.isoformat()})
     assert answered.status_code == 200, answered.text
     assert answered.json()["status"] == "in_progress" and parse_time(answered.json()["deadline_at"]) == new_deadline
+    assert answered.json()["deadline_source"] == "coordinator" and answered.json()["light"] == "green"
 
     spec = api.get("/openapi.json").json()
     assert "/tasks/{task_id}/verify" in spec["paths"] and "/sweeps" in spec["paths"]
