@@ -310,6 +310,15 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
     engine.dispose()
     assert scoring.get(f"/policies/{ZHOUJIASHAN}").json()["inherited"] is True
 
+    # Recomputing a period applies the new version: one inspection now suffices to be ranked.
+    recomputed = scoring.post("/recompute", {"period": "2026-11"})
+    assert recomputed.status_code == 200, recomputed.text
+    [row] = ranking(scoring, "2026-11")["ranking"]
+    assert row["node"] == ZHOUJIASHAN and row["rank"] == 1 and row["policy"] == {"policy_id": "street-scheme",
+                                                                                 "version": 2}
+    assert "period" in error_field(scoring.post("/recompute", {"period": "2026-Q5"}))
+    assert scoring.get("/policies/411503001001").status_code == 404  # outside this stack
+
 
 def test_metrics_and_openapi(stack):
     inspection, scoring = stack["inspection"], stack["scoring"]

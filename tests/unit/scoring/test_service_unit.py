@@ -94,3 +94,37 @@ def test_poison_message_raises_invalid_event(service):
     with pytest.raises(InvalidEvent):
         service.on_inspection_submitted({"event_type": "inspection_submitted", "payload": {}})
     assert service.outbox.events == []
+
+
+def test_ledger_figures_for_a_known_subject_veto_it(service):
+    subject_id = str(uuid4())
+    service.on_inspection_submitted(inspection_event("411502008001", 96.0, "2026-11-02", subject_id))
+    service.on_inspection_submitted(inspection_event("411502008001", 96.0, "2026-11-09", subject_id))
+    service.outbox.events.clear()
+    ledger = json.loads((SAMPLES / "ledger_figures_updated.v1.json").read_text(encoding="utf-8"))
+    ledger["payload"].update(subject_id=subject_id, node="411502008001", overdue_open=4)
+    service.on_ledger_figures_updated(ledger)
+    month = next(e for e in service.outbox.events if e.period == "2026-11" and e.subject.subject_id == "411502008001")
+    assert month.vetoed and month.grade == "合格" and month.score == 96.0 and month.rank == 1
+    assert service.on_ledger_figures_updated(ledger) == DUPLICATE
+
+
+def test_external_child_scores_keep_the_latest_revision(service):
+    """Issue 6's hook: a child stack's figure feeds the roll-up; a late, older revision is ignored."""
+    from services.contracts.periods import Period
+    from services.scoring import operations as ops
+    ctx = ops.Context("411502008000", None, service.outbox)
+    month = Period.parse("2026-11")
+    with service.db.transaction() as session:
+        assert ops.apply_child_score(session, ctx, "411502008000", "411502008001", "周家山社区", month,
+                                     90.0, 100, 4, "411502008001", revision=2)
+        assert ops.apply_child_score(session, ctx, "411502008000", "411502008006", "飨堂社区", month,
+                                     800.0, 1000, 4, "411502008006", revision=1)
+        assert not ops.apply_child_score(session, ctx, "411502008000", "411502008001", "周家山社区", month,
+                                         10.0, 100, 4, "411502008001", revision=1)
+    street = [e for e in service.outbox.events if e.subject.subject_id == "411502008000" and e.period == "2026-11"]
+    assert street[-1].score == 85.0 and street[-1].inputs == 2  # (90 + 80) / 2, the stale 10 ignored
+    with service.engine.connect() as conn:
+        stored = conn.execute(select(PeriodScore.score).where(PeriodScore.subject_id == "411502008000",
+                                                              PeriodScore.period == "2026-11")).scalar_one()
+    assert stored == 85.0
