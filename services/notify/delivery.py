@@ -31,6 +31,7 @@ from services.notify.domain import RetryPolicy
 log = logging.getLogger(__name__)
 
 CHANNELS = ("email", "webhook")
+STOP_GRACE_SECONDS = 2.0
 
 
 def retry_policy(config: dict) -> RetryPolicy:
@@ -74,13 +75,21 @@ class DeliveryWorker(DependencyProvider):
         self.nudge()
         for gt in self.threads:
             gt.wait()
+        # Give attempts in flight a moment; the rest are abandoned: their lease runs out and
+        # another instance (or this one, restarted) tries again.
         for pool in self.pools.values():
-            pool.waitall()
+            with eventlet.Timeout(STOP_GRACE_SECONDS, False):
+                pool.waitall()
+            for gt in list(pool.coroutines_running):
+                gt.kill()
 
     def kill(self):
         self._running = False
         for gt in self.threads:
             gt.kill()
+        for pool in self.pools.values():
+            for gt in list(pool.coroutines_running):
+                gt.kill()
 
     def get_dependency(self, worker_ctx):
         return self
@@ -105,7 +114,7 @@ class DeliveryWorker(DependencyProvider):
                     with Session(self.engine) as session, session.begin():
                         jobs = ops.claim_due(session, channel, free, self.lease)
                     for job in jobs:
-                        pool.spawn_n(self._attempt, job)
+                        pool.spawn(self._attempt, job)
                     claimed = len(jobs)
             except Exception:  # keep delivering whatever happens; leased rows come due again
                 log.exception("notify %s delivery loop failed; retrying", channel)

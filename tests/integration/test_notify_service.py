@@ -4,6 +4,7 @@ which does not start under eventlet's monkey patching)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
 import json
@@ -38,7 +39,16 @@ lock = threading.Lock()
 def record(entry):
     with lock, open(log, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-if kind == "smtp":
+if kind == "blackhole":  # accepts connections and never says a word: the slowest SMTP server
+    import socket, time
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(50)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in iter(int, 1)], daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+elif kind == "smtp":
     from aiosmtpd.controller import Controller
     class Handler:
         async def handle_DATA(self, server, session, envelope):
@@ -59,6 +69,9 @@ else:
             with lock:
                 n = counts[self.path] = counts.get(self.path, 0) + 1
             fail = self.path.startswith("/fail3/") and n <= 3
+            if self.path.startswith("/slow/"):
+                import time
+                time.sleep(4)
             record({"path": self.path, "n": n, "status": 500 if fail else 200, "body": json.loads(body)})
             self.send_response(500 if fail else 200)
             self.send_header("Content-Type", "application/json")
@@ -105,19 +118,31 @@ def loopback(tmp_path):
 
 
 @pytest.fixture
-def notify_stack(amqp_uri, database_url, loopback, vhost, rabbit_admin):
-    port = support.free_port()
-    config = support.base_config(
-        amqp_uri, database_url, WEB_ADDRESSES={"notify": f"127.0.0.1:{port}"},
-        SMTP_HOST="127.0.0.1", SMTP_PORT=loopback["smtp"].port, SMTP_FROM="cwb@jns.example.cn",
-        NOTIFY_POLL_INTERVAL=0.1, NOTIFY_MAX_ATTEMPTS=3, NOTIFY_RETRY_BASE_SECONDS=0.2, NOTIFY_RETRY_FACTOR=2,
-        NOTIFY_SEND_TIMEOUT=5, WEBHOOK_TIMEOUT=3, NOTIFY_BULLETIN_SCHEDULE="false")
-    with support.running_services(config, NotifyService) as runner:
+def start_notify(amqp_uri, database_url, loopback, vhost, rabbit_admin):
+    """Start the notify service (config overrides allowed) on a free port; stopped after the test."""
+    stacks = contextlib.ExitStack()
+
+    def start(**overrides):
+        port = support.free_port()
+        config = support.base_config(
+            amqp_uri, database_url, WEB_ADDRESSES={"notify": f"127.0.0.1:{port}"},
+            SMTP_HOST="127.0.0.1", SMTP_PORT=loopback["smtp"].port, SMTP_FROM="cwb@jns.example.cn",
+            NOTIFY_POLL_INTERVAL=0.1, NOTIFY_MAX_ATTEMPTS=3, NOTIFY_RETRY_BASE_SECONDS=0.2, NOTIFY_RETRY_FACTOR=2,
+            NOTIFY_SEND_TIMEOUT=5, WEBHOOK_TIMEOUT=6, NOTIFY_BULLETIN_SCHEDULE="false")
+        config.update(overrides)
+        stacks.enter_context(support.running_services(config, NotifyService))
         for queue in ("evt-tasks-task_overdue--notify.on_task_overdue",
                       "evt-scoring-score_published--notify.on_score_published"):
             support.wait_until(lambda: rabbit_admin.queue(vhost, queue), message=f"queue {queue}")
-        yield {"api": support.ApiClient(f"http://127.0.0.1:{port}"), "amqp_uri": amqp_uri,
-               "database_url": database_url, "bot": f"http://127.0.0.1:{loopback['http'].port}", **loopback}
+        return {"api": support.ApiClient(f"http://127.0.0.1:{port}"), "amqp_uri": amqp_uri, "config": config,
+                "database_url": database_url, "bot": f"http://127.0.0.1:{loopback['http'].port}", **loopback}
+    yield start
+    stacks.close()
+
+
+@pytest.fixture
+def notify_stack(start_notify):
+    return start_notify()
 
 
 def publish(amqp_uri: str, service: str, envelope) -> None:
@@ -342,3 +367,173 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
     assert [b["revision"] for b in listed] == [2, 1]
     assert api.post("/bulletins", {"period": "2026-13"}).status_code == 422
     assert api.post("/bulletins", {"period": "2099-01"}).status_code == 422
+
+
+def test_a_slow_channel_does_not_hold_up_the_others(start_notify, tmp_path):
+    blackhole = LoopbackServer("blackhole", tmp_path / "hole.jsonl")  # an SMTP server that never answers
+    try:
+        stack = start_notify(SMTP_PORT=blackhole.port, SMTP_TIMEOUT=6, NOTIFY_SEND_TIMEOUT=8)
+        api, http = stack["api"], stack["http"]
+        for name, extra in (("张主任", {"email": "zjs@community.example.cn", "webhook_url": f"{stack['bot']}/slow/zjs"}),
+                            ("社区群", {"webhook_url": f"{stack['bot']}/ok/fast", "inbox_user": "zhang"})):
+            assert api.post("/contacts", {"owner_kind": "subject", "owner_id": "subj-zjs", "node": COMMUNITY,
+                                          "name": name, **extra}).status_code == 201
+        started = time.monotonic()
+        publish(stack["amqp_uri"], "tasks", make_event(TaskOpened(task=task_ref("task-9", "subj-zjs", "周家山社区"),
+                                                                  opened_at=datetime.now(timezone.utc)), TASKS))
+        support.wait_until(lambda: [c for c in http.records() if c["path"] == "/ok/fast"], timeout=3,
+                           message="the fast bot, while the SMTP server and the slow bot hang")
+        assert time.monotonic() - started < 3
+        assert len(api.get("/inbox", params={"user": "zhang"}).json()) == 1
+        states = {n["channel"]: n["delivery_status"] for n in api.get("/notifications", params={"channel": "email"}).json()}
+        assert states == {"email": "pending"}
+        # The slow bot answers after 4 s and is delivered too; the mute SMTP server times out and is retried.
+        support.wait_until(lambda: [c for c in http.records() if c["path"] == "/slow/zjs"], timeout=10,
+                           message="the slow bot")
+        def email_attempted():
+            mails = api.get("/notifications", params={"channel": "email"}).json()
+            return mails if mails[0]["attempts"] else None
+        [mail] = support.wait_until(email_attempted, timeout=15, message="the timed-out e-mail attempt")
+        assert mail["delivery_status"] == "pending" and mail["last_error"].startswith("SMTP 127.0.0.1")
+    finally:
+        blackhole.close()
+
+
+def test_rules_and_templates_are_per_node_and_versioned(notify_stack):
+    api, smtp, http = notify_stack["api"], notify_stack["smtp"], notify_stack["http"]
+    default = api.get(f"/rules/{COMMUNITY}").json()
+    assert default["source"] == "default" and default["version"] == 0
+    assert any(r["id"] == "urge-notice" for r in default["document"]["rules"])
+
+    bad = api.put(f"/rules/{STREET}", {"document": {"rules": [{"id": "x", "event": "task_exploded", "notice": "urge",
+                                                               "to": ["responsible"], "channels": ["inbox"]}]}})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "rules.0.event"
+    assert api.put("/rules/41150200800X", {"document": {"rules": []}}).status_code == 422
+    inbox_only = {"rules": [{"id": "urge-inbox", "event": "task_overdue", "notice": "urge", "to": ["responsible"],
+                             "channels": ["inbox"]}]}
+    put = api.put(f"/rules/{STREET}", {"author": "王芳", "document": inbox_only})
+    assert put.status_code == 200, put.text
+    assert put.json()["version"] == 1 and put.json()["source"] == "node"
+    inherited = api.get(f"/rules/{COMMUNITY}").json()
+    assert inherited["source"] == "inherited" and inherited["from_node"] == STREET and inherited["version"] == 1
+
+    bad_template = api.put(f"/templates/{STREET}/urge.md", {"source": "{% if %}"})
+    assert bad_template.status_code == 422 and bad_template.json()["errors"][0]["field"] == "source"
+    override = api.put(f"/templates/{STREET}/urge.md", {
+        "author": "王芳", "source": '{% set title = "街道督办单：" ~ task.item_text %}请立即整改：{{ task.item_text }}\n'})
+    assert override.status_code == 200, override.text
+    got = api.get(f"/templates/{COMMUNITY}/urge.md").json()
+    assert got["origin"] == "database" and got["from_node"] == STREET
+
+    register_contacts(api, notify_stack["bot"])
+    overdue = make_event(TaskOverdue(task=task_ref("task-3", "subj-zjs", "周家山社区"),
+                                     overdue_since=datetime(2026, 11, 10, 18, tzinfo=CST), urge_count=1), TASKS)
+    publish(notify_stack["amqp_uri"], "tasks", overdue)
+    [notice] = support.wait_until(lambda: api.get("/inbox", params={"user": "zhang"}).json(), message="the notice")
+    assert notice["title"] == "街道督办单：便池干净，无积粪、无尿垢"
+    assert notice["body_markdown"] == "请立即整改：便池干净，无积粪、无尿垢\n"
+    time.sleep(1.0)
+    assert smtp.records() == [] and http.records() == []  # the street's rules: inbox only, responsible only
+    assert api.get("/inbox", params={"user": "jns.cwb"}).json() == []
+
+    assert api.put(f"/rules/{STREET}", {"document": default["document"]}).json()["version"] == 2
+    assert [v["version"] for v in api.get(f"/rules/{STREET}/versions").json()] == [1, 2]
+    deleted = api.request("DELETE", f"/templates/{STREET}/urge.md")
+    assert deleted.status_code == 204
+    assert api.get(f"/templates/{COMMUNITY}/urge.md").json()["origin"] == "default"
+    assert api.get(f"/templates/{STREET}/nonsense.md").status_code == 404
+
+
+def test_each_event_reaches_the_right_people_with_the_right_notice(notify_stack):
+    from services.contracts.events.inspection import ChecklistRef, Finding, InspectionSubmitted, SubjectRef
+    from services.contracts.events.tasks import TaskClosed, TaskEscalated, TaskStatusChanged
+    api, amqp = notify_stack["api"], notify_stack["amqp_uri"]
+    district = "411502000000"
+    for body in ({"owner_kind": "subject", "owner_id": "subj-zjs", "node": COMMUNITY, "name": "张主任",
+                  "inbox_user": "zhang"},
+                 {"owner_kind": "node", "owner_id": STREET, "node": STREET, "name": "街道创卫办", "inbox_user": "street"},
+                 {"owner_kind": "node", "owner_id": district, "node": district, "name": "区创卫办",
+                  "inbox_user": "district"}):
+        assert api.post("/contacts", body).status_code == 201
+    assert api.post("/contacts", {"owner_kind": "subject", "owner_id": "x", "node": COMMUNITY,
+                                  "name": "无渠道"}).status_code == 422
+    assert api.post("/contacts", {"owner_kind": "node", "owner_id": STREET, "node": STREET, "name": "街道创卫办",
+                                  "inbox_user": "again"}).status_code == 409
+
+    now = datetime.now(timezone.utc)
+    ref = task_ref("task-5", "subj-zjs", "周家山社区")
+    events = [
+        ("tasks", TaskOpened(task=ref, opened_at=now, note="限期三日")),
+        ("tasks", TaskStatusChanged(task=ref, from_status="fix_submitted", to_status="open", actor="李强",
+                                    reason="整改照片不清晰", at=now)),
+        ("tasks", TaskStatusChanged(task=ref, from_status="open", to_status="in_progress", actor="张主任", at=now)),
+        ("tasks", TaskEscalated(task=ref, to_node=district, reason="涉及产权单位，社区无法协调",
+                                answer_due_at=now + timedelta(days=5), at=now)),
+        ("tasks", TaskClosed(task=ref, closed_at=now, verified_by="李强", on_time=True, hours_to_fix=20)),
+        ("tasks", TaskRelapsed(task=task_ref("task-6", "subj-zjs", "周家山社区"), relapse_of="task-5", closed_at=now)),
+        ("inspection", InspectionSubmitted(
+            inspection_id="6f1c1b7e-1111-4c1d-9d8a-3f6a1c2b7e11", inspecting_node=STREET, kind="unannounced",
+            subject=SubjectRef(subject_id="subj-zjs", node=COMMUNITY, name="周家山社区", subject_type="child_unit"),
+            checklist=ChecklistRef(catalogue_id="default", version="2010.1", code="public-toilet"),
+            inspected_at=now, submitted_at=now, inspectors=["暗访组"], score=90, scale=100, points_available=100,
+            points_deducted=10, findings=[Finding(item_code="PT-02", item_text="便池干净", category_code="PT",
+                                                  category_name="公厕", severity="minor", findings=2, deduction=10,
+                                                  max_points=20, deadline_hours=24)])),
+        ("scoring", score("subj-zjs", "周家山社区", "2026-11", 96, 1, 5)),
+        ("scoring", score("subj-zjs", "周家山社区", "2026-11", 97, 1, 5, revision=2)),  # same commendation
+    ]
+    for service, payload in events:
+        publish(amqp, service, make_event(payload, Producer(node=STREET, service=service)))
+
+    def inbox(user):
+        return sorted(n["title"].split("：")[0] for n in api.get("/inbox", params={"user": user}).json())
+    expected_zhang = sorted(["整改通知书", "复查未通过，请继续整改", "复查通过，已销号", "问题反弹提醒", "暗访结果",
+                             "通报表扬"])
+    support.wait_until(lambda: inbox("zhang") == expected_zhang, timeout=20, message="the subject's notices")
+    assert support.wait_until(lambda: inbox("district"), message="the escalation") == ["上报协调函"]
+    support.wait_until(lambda: inbox("street") == ["上报协调函", "问题反弹提醒"], message="the inspecting office's")
+    time.sleep(0.5)
+    assert inbox("zhang") == expected_zhang  # in_progress and the second score revision sent nothing
+
+    # A newsletter (创卫简报) goes to this office and to the subjects ranked in the month.
+    sent = api.post("/newsletters", {"issue": 12, "title": "背街小巷集中整治", "content": "第一段\n\n第二段",
+                                     "period": "2026-11"})
+    assert sent.status_code == 201 and sent.json()["notifications"] == 2
+    assert "创卫简报（第12期）" in inbox("zhang") and "创卫简报（第12期）" in inbox("street")
+
+
+def test_the_scheduled_bulletin_is_made_once_however_many_instances_run(notify_stack):
+    import eventlet
+    from sqlalchemy.orm import Session
+    from services.notify import operations as ops
+    from services.plumbing.db import make_engine
+
+    engine = make_engine(notify_stack["database_url"])
+    ctx = ops.NotifyContext(home=STREET)
+    first_of_december = datetime(2026, 12, 1, 0, 30, tzinfo=CST)
+
+    def scheduled_run(_):
+        with Session(engine) as session, session.begin():
+            made = ops.generate_due_bulletin(session, ctx, day_of_month=1, now=first_of_december)
+            return made.period if made else None
+    try:
+        with Session(engine) as session, session.begin():
+            assert ops.generate_due_bulletin(session, ctx, day_of_month=2, now=first_of_december) is None
+        results = list(eventlet.GreenPool(4).imap(scheduled_run, range(4)))
+        assert sorted(results, key=str) == ["2026-11", None, None, None]
+    finally:
+        engine.dispose()
+    [kept] = notify_stack["api"].get("/bulletins").json()
+    assert kept["trigger"] == "schedule" and kept["period"] == "2026-11"
+
+
+def test_health_metrics_and_openapi(notify_stack):
+    api = notify_stack["api"]
+    health = api.get("/health")
+    assert health.status_code == 200 and health.json()["checks"]["database:notify"] == "ok"
+    spec = api.get("/openapi.json").json()
+    for path in ("/contacts", "/rules/{node}", "/inbox", "/inbox/{notification_id}/ack", "/dead-letters",
+                 "/dead-letters/{dead_letter_id}/replay", "/bulletins", "/newsletters", "/templates/{node}/{name}"):
+        assert path in spec["paths"], path
+    schema_ref = spec["paths"]["/contacts"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert "周家山社区" in json.dumps(spec["components"]["schemas"][schema_ref.rsplit("/", 1)[1]], ensure_ascii=False)
