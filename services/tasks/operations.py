@@ -505,9 +505,12 @@ def refresh_figures(session: Session, outbox: OutboxLike, keys: set[tuple[str, s
                                           "close_rate", "on_time_rate", "mean_hours_to_fix"})
         if row.figures == current:
             continue
-        row.figures, row.node, row.computed_at = current, out.node, now
+        # Consumers keep the latest computed_at: never let it go backwards (clock offsets, skew).
+        previous = _aware(row.computed_at) if row.figures else None
+        computed_at = max(now, previous + timedelta(microseconds=1)) if previous else now
+        row.figures, row.node, row.computed_at = current, out.node, computed_at
         outbox.add(session, LedgerFiguresUpdated(subject_id=subject_id, node=out.node, period=period,
-                                                 computed_at=now, **current), correlation_id=subject_id)
+                                                 computed_at=computed_at, **current), correlation_id=subject_id)
         published += 1
     session.flush()
     return published

@@ -252,6 +252,10 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     latest = support.wait_until(latest_figures, message="ledger figures after the relapse")["payload"]
     assert (latest["closed"], latest["relapses"], latest["close_rate"], latest["overdue_open"]) == (2, 1, 0.5, 1)
     assert latest["period"] == figures["period"] and latest["node"] == COMMUNITY
+    # Published in order with growing computed_at, though the clock went forward and back.
+    stamps = [parse_time(e["payload"]["computed_at"])
+              for e in events(tap, "ledger_figures_updated", subject_id=subject["subject_id"])]
+    assert len(stamps) >= 5 and all(a < b for a, b in zip(stamps, stamps[1:])), stamps
 
     expected = {
         tid: ("已销号", "是", "", "PT-03"),
