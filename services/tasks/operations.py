@@ -390,8 +390,15 @@ def _local(value: datetime | None) -> str:
     return value.astimezone(CST).strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+EXPORT_LIMIT = 10000
+
+
 def ledger_rows(session: Session, query: LedgerQuery, now: datetime) -> list[list]:
-    """The ledger (工作台账) as rows under LEDGER_COLUMNS' Chinese headers, times in CST."""
+    """The ledger (工作台账) as rows under LEDGER_COLUMNS' Chinese headers, times in CST.
+
+    An export lists the whole ledger (up to EXPORT_LIMIT rows) unless a limit is asked for."""
+    if "limit" not in query.model_fields_set:
+        query = query.model_copy(update={"limit": EXPORT_LIMIT})
     rows = []
     for index, t in enumerate(list_tasks(session, query, now), start=1):
         light = domain.LIGHT_LABELS[t.light] if t.light else ""

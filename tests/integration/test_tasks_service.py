@@ -239,7 +239,8 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     [relapse] = wait_events(tap, "task_relapsed")
     assert relapse["payload"]["relapse_of"] == tid
     relapse_task = api.get(f"/tasks/{relapse['payload']['task']['task_id']}").json()
-    assert relapse_task["relapse_of"] == tid and relapse_task["relapse"] is True and relapse_task["item_code"] == "PT-03"
+    assert relapse_task["relapse_of"] == tid and relapse_task["relapse"] is True
+    assert relapse_task["item_code"] == "PT-03"
     assert [t["task_id"] for t in api.get("/tasks?relapse=true").json()] == [relapse_task["task_id"]]
 
     # --- figures and the ledger exports -----------------------------------------------------------
@@ -291,6 +292,8 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     assert {r[col["任务编号"]]: (r[col["状态"]], r[col["是否按期"]], r[col["上报协调至"]], r[col["检查项目"]])
             for r in csv_rows[1:]} == expected
 
+    first_two = list(csv.reader(io.StringIO(api.get("/ledger/export.csv?limit=2").content.decode("utf-8-sig"))))
+    assert len(first_two) == 3  # header + 2
     filtered = load_workbook(io.BytesIO(api.get("/ledger/export.xlsx?status=closed").content))["整改台账"]
     assert sorted(r[col["任务编号"]] for r in filtered.iter_rows(min_row=2, values_only=True)) == sorted([tid, rid])
     this_month = datetime.now(CST).strftime("%Y-%m")
