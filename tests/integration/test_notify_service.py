@@ -537,3 +537,19 @@ def test_health_metrics_and_openapi(notify_stack):
         assert path in spec["paths"], path
     schema_ref = spec["paths"]["/contacts"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert "周家山社区" in json.dumps(spec["components"]["schemas"][schema_ref.rsplit("/", 1)[1]], ensure_ascii=False)
+
+
+def test_two_instances_share_the_deliveries_and_send_each_once(start_notify):
+    first, second = start_notify(), start_notify()
+    api, http = first["api"], first["http"]
+    assert api.post("/contacts", {"owner_kind": "subject", "owner_id": "subj-zjs", "node": COMMUNITY, "name": "群",
+                                  "webhook_url": f"{first['bot']}/ok/many"}).status_code == 201
+    for n in range(30):
+        publish(first["amqp_uri"], "tasks", make_event(TaskOpened(
+            task=task_ref(f"task-{n}", "subj-zjs", "周家山社区", item=f"问题{n:02d}"),
+            opened_at=datetime.now(timezone.utc)), TASKS))
+    support.wait_until(lambda: len(http.records()) >= 30, timeout=30, message="30 webhook calls")
+    time.sleep(1.0)
+    texts = sorted(re.search(r"问题\d\d", c["body"]["markdown"]["content"]).group(0) for c in http.records())
+    assert texts == [f"问题{n:02d}" for n in range(30)]  # every notice once, none twice
+    assert len(second["api"].get("/notifications", params={"limit": 100}).json()) == 30
