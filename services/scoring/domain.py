@@ -173,6 +173,9 @@ def check_policy(policy: Policy, office_tier: Tier) -> Policy:
             raise ScoringRuleViolation(f"rollup.child_weights.{code}", str(exc)) from None
         if weight <= 0:
             raise ScoringRuleViolation(f"rollup.child_weights.{code}", "a weight must be positive")
+    weights = {normalize_code(code): weight for code, weight in policy.rollup.child_weights.items()}
+    if weights != policy.rollup.child_weights:  # 9-digit codes as the NBS lists write them → 12 digits
+        policy = policy.model_copy(update={"rollup": policy.rollup.model_copy(update={"child_weights": weights})})
     return policy
 
 

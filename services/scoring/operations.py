@@ -25,6 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from services.contracts.errors import UnknownReference
+from services.contracts.events import InvalidEvent
 from services.contracts.events.inspection import InspectionSubmitted
 from services.contracts.events.scoring import PolicyRef, ScoredSubject, ScorePublished
 from services.contracts.events.tasks import LedgerFiguresUpdated
@@ -311,9 +312,10 @@ class Scorer:
         groups = sorted(self._groups)
         for kind, key, tier, subject_type in groups:
             if self._rerank(kind, key, tier, subject_type):
+                # The following period's movement is measured against these ranks (its own
+                # ranks do not depend on them, so this goes one period forward only).
                 following = domain.next_period(Period(PeriodKind(kind), key))
-                if self._rerank(kind, following.key, tier, subject_type):
-                    pass  # ranks of the following period do not depend on this one's
+                self._rerank(kind, following.key, tier, subject_type)
                 self._groups.add((kind, following.key, tier, subject_type))
         published = 0
         for kind, key, tier, subject_type in sorted(self._groups):
@@ -436,7 +438,6 @@ def apply_ledger_figures(session: Session, ctx: Context, event_id: str, event: L
     lock_scoring(session)
     month = Period.parse(event.period)
     if month.kind != PeriodKind.month:
-        from services.contracts.events import InvalidEvent
         raise InvalidEvent(f"ledger period {event.period!r} is not a month")
     row = session.get(LedgerFigures, (event.subject_id, event.period))
     if row is not None and _aware(row.computed_at) >= event.computed_at:

@@ -177,6 +177,13 @@ def test_parent_combines_children(street):
     assert domain.subject_score(p("2026-11"), minimum, [], children()).score == 88.0
 
 
+def test_child_weight_codes_are_normalised(street):
+    document = street.model_dump(mode="json")
+    document["rollup"] = {"combine": "weighted", "child_weights": {"411502008": 3}}
+    policy = domain.parse_policy(document, Tier.district)
+    assert policy.rollup.child_weights == {"411502008000": 3}
+
+
 def test_parent_own_inspections_blend_with_children(street):
     # own 80, children 91.333…: 50 % each → 85.67
     result = domain.subject_score(p("2026-11"), street, [inp(80, "2026-11-03")], children())

@@ -3,7 +3,6 @@
 The database is an in-memory SQLite one (no server); the outbox records what would be published.
 """
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from uuid import uuid4
 
