@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 
 from nameko.rpc import rpc
-from nameko.timer import Timer
 from werkzeug.wrappers import Response
 
 from services.contracts.events import parse_event
@@ -30,6 +29,7 @@ from services.plumbing.db import Database
 from services.plumbing.http import api
 from services.plumbing.idempotency import claim_event
 from services.plumbing.outbox import Outbox
+from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.providers import Identity
 from services.tasks import operations as ops
 from services.tasks.domain import Action
@@ -40,34 +40,6 @@ from services.tasks.schemas import (AnswerIn, EscalateIn, FiguresOut, FiguresQue
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class ConfigurableTimer(Timer):
-    """A nameko timer whose interval comes from config (`interval_key`); 0 or less disables it.
-
-    Like every timer it fires in each running instance: the sweep it drives is concurrency-safe.
-    """
-
-    def __init__(self, interval_key: str, default: float, **kwargs):
-        self.interval_key = interval_key
-        self.default_interval = default
-        super().__init__(interval=default, **kwargs)
-
-    def setup(self):
-        super().setup()
-        self.interval = float(self.container.config.get(self.interval_key, self.default_interval) or 0)
-
-    def start(self):
-        if self.interval > 0:
-            super().start()
-
-    def stop(self):
-        if self.gt is not None:
-            super().stop()
-
-    def kill(self):
-        if self.gt is not None:
-            super().kill()
 
 
 class TasksService(ops_endpoints.OpsEndpoints):
