@@ -647,8 +647,10 @@ def generate_due_bulletin(session: Session, ctx: NotifyContext, day_of_month: in
         return None
     period = Period.containing(PeriodKind.month, local).previous()
     _advisory_lock(session, f"notify-bulletin:{ctx.home}:{period.key}")
-    exists = session.execute(select(Bulletin.id).where(Bulletin.node == ctx.home, Bulletin.period == period.key)
-                             .limit(1)).first()
+    # One made on demand while the month was still running does not count: it missed the end.
+    _, end = period_window(period)
+    exists = session.execute(select(Bulletin.id).where(Bulletin.node == ctx.home, Bulletin.period == period.key,
+                                                       Bulletin.generated_at >= end).limit(1)).first()
     if exists:
         return None
     return generate_bulletin(session, ctx, period.key, trigger="schedule", requested_by="schedule", now=now)

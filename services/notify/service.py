@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response
 
 from services.contracts.errors import RuleViolation
 from services.contracts.events import parse_event
-from services.contracts.nodes import InvalidNodeCode, normalize_code
+from services.contracts.nodes import InvalidNodeCode, is_within, normalize_code
 from services.notify import metrics
 from services.notify import operations as ops
 from services.notify.delivery import DeliveryWorker
@@ -43,6 +43,14 @@ def _node(code: str) -> str:
         return normalize_code(code)
     except InvalidNodeCode as exc:
         raise RuleViolation("node", str(exc)) from None
+
+
+def _own_node(code: str, home: str) -> str:
+    """A node whose rules or templates this stack may change: its home node or below."""
+    node = _node(code)
+    if not is_within(node, home):
+        raise RuleViolation("node", f"node {node} is outside this stack's jurisdiction ({home})")
+    return node
 
 
 class NotifyService(ops_endpoints.OpsEndpoints):
@@ -141,7 +149,7 @@ class NotifyService(ops_endpoints.OpsEndpoints):
          summary="替换通知规则 Replace a node's routing rules (stored as a new version)")
     def replace_rules(self, request, node, body: RuleSetIn):
         with self.db.transaction() as session:
-            return ops.replace_rules(session, _node(node), body.document, body.author)
+            return ops.replace_rules(session, _own_node(node, self.identity.home), body.document, body.author)
 
     @api("GET", "/rules/<node>/versions", response=list[RuleSetOut], summary="规则版本 Every stored version")
     def rule_versions(self, request, node):
@@ -162,13 +170,13 @@ class NotifyService(ops_endpoints.OpsEndpoints):
          summary="覆盖模板 Store a node's own version of a template")
     def put_template(self, request, node, name, body: TemplateIn):
         with self.db.transaction() as session:
-            return ops.put_template(session, _node(node), name, body.source, body.author)
+            return ops.put_template(session, _own_node(node, self.identity.home), name, body.source, body.author)
 
     @api("DELETE", "/templates/<node>/<name>", status=204, raw=True,
          summary="恢复默认模板 Remove a node's stored template")
     def delete_template(self, request, node, name):
         with self.db.transaction() as session:
-            ops.delete_template(session, _node(node), name)
+            ops.delete_template(session, _own_node(node, self.identity.home), name)
         return Response(status=204)
 
     # --- inbox ---

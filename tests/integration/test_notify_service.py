@@ -409,6 +409,8 @@ def test_rules_and_templates_are_per_node_and_versioned(notify_stack):
                                                                "to": ["responsible"], "channels": ["inbox"]}]}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "rules.0.event"
     assert api.put("/rules/41150200800X", {"document": {"rules": []}}).status_code == 422
+    outside = api.put("/rules/411503000000", {"document": {"rules": []}})  # another district
+    assert outside.status_code == 422 and "jurisdiction" in outside.json()["errors"][0]["reason"]
     inbox_only = {"rules": [{"id": "urge-inbox", "event": "task_overdue", "notice": "urge", "to": ["responsible"],
                              "channels": ["inbox"]}]}
     put = api.put(f"/rules/{STREET}", {"author": "王芳", "document": inbox_only})
@@ -519,12 +521,17 @@ def test_the_scheduled_bulletin_is_made_once_however_many_instances_run(notify_s
     try:
         with Session(engine) as session, session.begin():
             assert ops.generate_due_bulletin(session, ctx, day_of_month=2, now=first_of_december) is None
+            # One asked for while November was still running does not stand in for the final one.
+            ops.generate_bulletin(session, ctx, "2026-11", now=datetime(2026, 11, 23, 9, tzinfo=CST))
         results = list(eventlet.GreenPool(4).imap(scheduled_run, range(4)))
         assert sorted(results, key=str) == ["2026-11", None, None, None]
+        kept = notify_stack["api"].get("/bulletins").json()
+        assert [(b["trigger"], b["revision"], b["period"]) for b in kept] == [("schedule", 2, "2026-11"),
+                                                                             ("api", 1, "2026-11")]
+        with Session(engine) as session, session.begin():  # the next day: already done
+            assert ops.generate_due_bulletin(session, ctx, now=first_of_december + timedelta(days=1)) is None
     finally:
         engine.dispose()
-    [kept] = notify_stack["api"].get("/bulletins").json()
-    assert kept["trigger"] == "schedule" and kept["period"] == "2026-11"
 
 
 def test_health_metrics_and_openapi(notify_stack):
