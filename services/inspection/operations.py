@@ -198,6 +198,15 @@ def _apply(insp: Inspection, data: InspectionIn, sheet) -> None:
         for i, s in enumerate(sheet.items)]
 
 
+def _place_ref(session: Session, place: Place) -> PlaceRef:
+    responsible = session.get(Subject, place.responsible_subject_id) if place.responsible_subject_id else None
+    return PlaceRef(place_id=place.id, name=place.name, place_type=place.place_type, address=place.address,
+                    gps=GeoPoint(lat=place.lat, lng=place.lng) if place.lat is not None else None,
+                    node=place.node, responsible_subject_id=place.responsible_subject_id,
+                    responsible_subject_name=responsible.name if responsible else None,
+                    responsible_subject_node=responsible.node if responsible else None)
+
+
 def _submit(session: Session, insp: Inspection, subject: Subject, place: Place | None, checklist, sheet,
             catalogue: Catalogue, outbox: OutboxLike, home: str, now: datetime) -> None:
     insp.status = "submitted"
@@ -215,10 +224,7 @@ def _submit(session: Session, insp: Inspection, subject: Subject, place: Place |
         inspection_id=insp.id, inspecting_node=home, kind=insp.kind,
         subject=SubjectRef(subject_id=subject.id, node=subject.node, name=subject.name,
                            subject_type=subject.subject_type),
-        place=(PlaceRef(place_id=place.id, name=place.name, place_type=place.place_type, address=place.address,
-                        gps=GeoPoint(lat=place.lat, lng=place.lng) if place.lat is not None else None,
-                        node=place.node, responsible_subject_id=place.responsible_subject_id)
-               if place else None),
+        place=_place_ref(session, place) if place else None,
         checklist=ChecklistRef(catalogue_id=catalogue.catalogue_id, version=insp.checklist_version,
                                code=insp.checklist_code),
         inspected_at=insp.inspected_at, submitted_at=now, inspectors=insp.inspectors, score=sheet.score,

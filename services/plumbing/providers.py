@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from nameko.extensions import DependencyProvider
 
 from services.contracts.checklists import Catalogue, load_catalogue
-from services.contracts.nodes import NodeTree, load_node_tree, tier_of, Tier
+from services.contracts.nodes import NodeTree, is_within, load_node_tree, normalize_code, tier_of, Tier
 from services.plumbing.config import home_node
 
 log = logging.getLogger(__name__)
@@ -20,13 +20,23 @@ class StackIdentity:
     home: str
     tier: Tier
     tree: NodeTree | None
+    child_stacks: tuple[str, ...] = ()
+
+    def child_stack_for(self, code: str) -> str | None:
+        """The child stack whose subtree holds `code`, if it has a stack of its own."""
+        for child in self.child_stacks:
+            if is_within(code, child):
+                return child
+        return None
 
     def name_of(self, code: str) -> str | None:
         return self.tree.name_of(code) if self.tree else None
 
 
 class Identity(DependencyProvider):
-    """Config: NODE_CODE (required), DIVISIONS_FILES (optional glob(s) of NBS-format CSVs)."""
+    """Config: NODE_CODE (required), DIVISIONS_FILES (optional glob(s) of NBS-format CSVs),
+    CHILD_STACKS (optional: codes of the nodes below that run a stack of their own; their
+    subtrees' tasks are handed down to them)."""
 
     def setup(self):
         config = self.container.config
@@ -38,7 +48,8 @@ class Identity(DependencyProvider):
         if patterns and not files:
             raise RuntimeError(f"DIVISIONS_FILES {patterns} matched no file")
         tree = load_node_tree(home, files) if files else None
-        self.identity = StackIdentity(home=home, tier=tier_of(home), tree=tree)
+        self.identity = StackIdentity(home=home, tier=tier_of(home), tree=tree,
+                                      child_stacks=child_stacks(config, home))
 
     def get_dependency(self, worker_ctx):
         return self.identity
@@ -53,3 +64,14 @@ class CatalogueProvider(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.catalogue
+
+
+def child_stacks(config: dict, home: str) -> tuple[str, ...]:
+    raw = config.get("CHILD_STACKS") or []
+    if isinstance(raw, (str, int)):
+        raw = [part for part in str(raw).split(",") if part.strip()]
+    codes = tuple(normalize_code(str(code).strip()) for code in raw)
+    for code in codes:
+        if code == home or not is_within(code, home):
+            raise RuntimeError(f"CHILD_STACKS: {code} is not below this stack's home node {home}")
+    return codes

@@ -72,6 +72,9 @@ class Task(Base):
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     answer_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     relapse_of: Mapped[str | None] = mapped_column(ForeignKey("tasks_tasks.id"))
+    # Set when the task was handed down to a child stack (its ledger owns the lifecycle);
+    # this row then follows the child's status events.
+    delegated_to: Mapped[str | None] = mapped_column(String(12), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     history: Mapped[list["TaskHistory"]] = relationship(

@@ -16,10 +16,12 @@ from typing import Iterable, Protocol
 from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
-from services.contracts.errors import UnknownReference
+from services.contracts.errors import StateConflict, UnknownReference
+from services.contracts.nodes import is_within
+from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
 from services.contracts.events.inspection import Evidence, InspectionSubmitted, PlaceRef
-from services.contracts.events.tasks import (LedgerFiguresUpdated, Light, Responsible, TaskClosed, TaskEscalated,
-                                             TaskOpened, TaskOverdue, TaskRef, TaskRelapsed, TaskStatus,
+from services.contracts.events.tasks import (LedgerFiguresUpdated, Light, Responsible, TaskClosed, TaskDelegated,
+                                             TaskEscalated, TaskOpened, TaskOverdue, TaskRef, TaskRelapsed, TaskStatus,
                                              TaskStatusChanged)
 from services.contracts.periods import CST, Period, PeriodKind
 from services.contracts.vocab import SEVERITY_LABELS, Severity
@@ -115,7 +117,7 @@ def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
         closed_at=_aware(task.closed_at), verified_by=task.verified_by, on_time=task.on_time,
         hours_to_fix=task.hours_to_fix, escalated_to=task.escalated_to, escalated_at=_aware(task.escalated_at),
         escalation_reason=task.escalation_reason, answer_due_at=_aware(task.answer_due_at),
-        relapse_of=task.relapse_of, relapse=task.relapse_of is not None,
+        relapse_of=task.relapse_of, relapse=task.relapse_of is not None, delegated_to=task.delegated_to,
         history=[history_out(h) for h in task.history] if with_history else None)
 
 
@@ -140,6 +142,8 @@ def _responsible(session: Session, event: InspectionSubmitted) -> tuple[str, str
     place = event.place
     if place is None or not place.responsible_subject_id or place.responsible_subject_id == subject.subject_id:
         return subject.subject_id, subject.node, subject.name
+    if place.responsible_subject_name and place.responsible_subject_node:
+        return place.responsible_subject_id, place.responsible_subject_node, place.responsible_subject_name
     known = session.get(SubjectName, place.responsible_subject_id)
     if known is not None:
         return known.subject_id, known.node, known.name
@@ -148,8 +152,14 @@ def _responsible(session: Session, event: InspectionSubmitted) -> tuple[str, str
 
 
 def open_tasks(session: Session, event: InspectionSubmitted, outbox: OutboxLike, owner_node: str,
-               settings: Settings, now: datetime, correlation_id: str | None = None) -> list[Task]:
-    """One task per finding with a deduction; a repeat of a recently closed task is linked (反弹)."""
+               settings: Settings, now: datetime, correlation_id: str | None = None,
+               child_stacks: tuple[str, ...] = (), task_ids: dict[str, str] | None = None) -> list[Task]:
+    """One task per finding with a deduction; a repeat of a recently closed task is linked (反弹).
+
+    A finding whose responsible subject lies in a child stack's subtree is handed down to
+    that stack (`task_delegated` on the down exchange): its ledger owns the lifecycle and
+    this ledger follows its status events. `task_ids` keeps a handed-down task's id.
+    """
     _upsert(session, SubjectName.__table__,
             dict(subject_id=event.subject.subject_id, node=event.subject.node, name=event.subject.name,
                  updated_at=now),
@@ -164,8 +174,9 @@ def open_tasks(session: Session, event: InspectionSubmitted, outbox: OutboxLike,
             continue
         deadline, source = domain.deadline_for(found_at, finding.deadline_hours, finding.deadline_at)
         relapse = _find_relapse(session, key, finding.item_code, found_at, settings.relapse_window)
+        delegate_to = next((c for c in child_stacks if is_within(resp_node, c)), None)
         task = Task(
-            id=str(uuid.uuid4()), inspection_id=str(event.inspection_id), inspection_kind=event.kind.value,
+            id=(task_ids or {}).get(finding.item_code) or str(uuid.uuid4()), inspection_id=str(event.inspection_id), inspection_kind=event.kind.value,
             inspecting_node=event.inspecting_node, owner_node=owner_node, inspectors=list(event.inspectors),
             subject_id=event.subject.subject_id, subject_name=event.subject.name, subject_node=event.subject.node,
             responsible_subject_id=resp_id, responsible_name=resp_name, responsible_node=resp_node,
@@ -177,7 +188,8 @@ def open_tasks(session: Session, event: InspectionSubmitted, outbox: OutboxLike,
             evidence=[e.model_dump(mode="json") for e in finding.evidence],
             found_at=found_at, opened_at=now, deadline_at=deadline, deadline_source=source,
             yellow_at=domain.yellow_from(found_at, deadline), status=TaskStatus.open.value, urge_count=0,
-            after_evidence=[], relapse_of=relapse.task_id if relapse else None, updated_at=now)
+            after_evidence=[], relapse_of=relapse.task_id if relapse else None, delegated_to=delegate_to,
+            updated_at=now)
         session.add(task)
         task.history.append(TaskHistory(
             at=now, actor=", ".join(event.inspectors) or "检查组", role=Role.inspector.value, action="open",
@@ -187,6 +199,11 @@ def open_tasks(session: Session, event: InspectionSubmitted, outbox: OutboxLike,
         ref = task_ref(task)
         outbox.add(session, TaskOpened(task=ref, opened_at=now, evidence=list(finding.evidence), note=finding.note,
                                        relapse_of=task.relapse_of), correlation_id=correlation_id)
+        if delegate_to is not None:
+            handed_down = event.model_copy(update={"findings": [finding]})
+            outbox.add(session, TaskDelegated(task_id=task.id, delegated_by=owner_node, inspection=handed_down),
+                       correlation_id=correlation_id, exchange=DOWN_EXCHANGE,
+                       routing_key=tier_routing_key("task_delegated", resp_node))
         if relapse is not None:
             outbox.add(session, TaskRelapsed(task=ref, relapse_of=relapse.task_id, closed_at=relapse.closed_at),
                        correlation_id=correlation_id)
@@ -225,6 +242,9 @@ def act(session: Session, task_id: str, action: Action, actor: str, role: str, n
         evidence: Iterable[Evidence] = (), new_deadline_at: datetime | None = None) -> TaskOut:
     """Apply one lifecycle action; refuse illegal ones (nothing is changed then)."""
     task = get_task(session, task_id, lock=True)
+    if task.delegated_to is not None:
+        raise StateConflict("task_id", f"the task was handed down to {task.delegated_to}; "
+                                       "it is handled in that tier's ledger (整改在下级台账办理)")
     _transition(session, task, action, actor, role, now, outbox, settings, note=note, evidence=list(evidence),
                 new_deadline_at=new_deadline_at)
     session.flush()
@@ -266,13 +286,69 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
     ref = task_ref(task)
     outbox.add(session, TaskStatusChanged(task=ref, from_status=from_status, to_status=target, actor=actor,
                                           reason=note, at=now), correlation_id=task.id)
+    _report_upward(session, task, outbox, TaskStatusChanged(task=ref, from_status=from_status, to_status=target,
+                                                            actor=actor, reason=note, at=now))
     if action == Action.verify:
-        outbox.add(session, TaskClosed(task=ref, closed_at=now, verified_by=actor, on_time=task.on_time,
-                                       hours_to_fix=task.hours_to_fix), correlation_id=task.id)
+        closed = TaskClosed(task=ref, closed_at=now, verified_by=actor, on_time=task.on_time,
+                            hours_to_fix=task.hours_to_fix)
+        outbox.add(session, closed, correlation_id=task.id)
+        _report_upward(session, task, outbox, closed)
     elif action == Action.escalate:
         outbox.add(session, TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,
                                           answer_due_at=task.answer_due_at, at=now), correlation_id=task.id)
     metrics.TRANSITIONS.labels(action.value).inc()
+
+
+# --- tiers: tasks handed down, status reported up ------------------------------------------
+
+
+def _report_upward(session: Session, task: Task, outbox: OutboxLike, payload) -> None:
+    """A task that came from a higher tier reports its status up, one link at a time."""
+    if is_within(task.inspecting_node, task.owner_node):
+        return
+    outbox.add(session, payload, correlation_id=task.id, exchange=UP_EXCHANGE,
+               routing_key=tier_routing_key(payload.EVENT_TYPE, task.owner_node))
+
+
+def accept_delegated(session: Session, delegated: TaskDelegated, outbox: OutboxLike, home: str,
+                     settings: Settings, now: datetime, child_stacks: tuple[str, ...]) -> list[Task]:
+    """A task handed down by the tier above: into this ledger, or further down."""
+    if session.get(Task, delegated.task_id) is not None:
+        return []
+    return open_tasks(session, delegated.inspection, outbox, home, settings, now,
+                      correlation_id=delegated.task_id, child_stacks=child_stacks,
+                      task_ids={f.item_code: delegated.task_id for f in delegated.inspection.findings})
+
+
+def apply_child_update(session: Session, update: TaskStatusChanged | TaskClosed, outbox: OutboxLike,
+                       now: datetime) -> Task | None:
+    """A child stack reports a handed-down task's progress: mirror it, pass it on upward."""
+    task = session.execute(select(Task).where(Task.id == update.task.task_id).with_for_update()
+                           .execution_options(populate_existing=True)).scalar_one_or_none()
+    if task is None or task.delegated_to is None:
+        return None  # not a task this tier handed down: nothing to mirror
+    from_status = task.status
+    if isinstance(update, TaskClosed):
+        task.status = TaskStatus.closed.value
+        task.closed_at, task.verified_by = update.closed_at, update.verified_by
+        task.on_time, task.hours_to_fix = update.on_time, update.hours_to_fix
+        actor, reason, at = update.verified_by, "销号 (closed in the child's ledger)", update.closed_at
+    else:
+        if task.status == TaskStatus.closed.value:
+            return None  # a late status change must not reopen a closed task
+        task.status = update.to_status.value
+        actor, reason, at = update.actor, update.reason, update.at
+    task.deadline_at = update.task.deadline_at
+    task.updated_at = now
+    task.history.append(TaskHistory(at=at, actor=actor, role="child_tier", action="child_update",
+                                    from_status=from_status, to_status=task.status,
+                                    reason=f"[{task.delegated_to}] {reason or ''}".strip(), evidence=[]))
+    if not is_within(task.inspecting_node, task.owner_node):
+        outbox.add(session, update, correlation_id=task.id, exchange=UP_EXCHANGE,
+                   routing_key=tier_routing_key(update.EVENT_TYPE, task.owner_node))
+    session.flush()
+    refresh_figures(session, outbox, _figure_keys([task]), now)
+    return task
 
 
 # --- the sweeper --------------------------------------------------------------------------
@@ -285,7 +361,8 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
     re-read after locking, and every effect is decided from the row's state (`sweep_decision`),
     so a task another instance has just handled yields nothing to do.
     """
-    stmt = (select(Task).where(Task.status.in_([s.value for s in domain.OWING_STATUSES]), Task.deadline_at <= now)
+    stmt = (select(Task).where(Task.status.in_([s.value for s in domain.OWING_STATUSES]), Task.deadline_at <= now,
+                               Task.delegated_to.is_(None))
             .order_by(Task.deadline_at, Task.id).limit(settings.sweep_batch)
             .execution_options(populate_existing=True))
     if _is_pg(session):

@@ -136,6 +136,7 @@ class TaskOut(BaseModel):
     escalated_at: datetime | None
     escalation_reason: str | None
     answer_due_at: datetime | None
+    delegated_to: str | None = Field(default=None, description="handed down to this child stack (下级台账办理)")
     relapse_of: str | None = Field(description="the closed task this one repeats (反弹)")
     relapse: bool = Field(description="flagged as a relapse (反弹)")
     history: list[HistoryOut] | None = None

@@ -22,6 +22,8 @@ from nameko.rpc import rpc
 from werkzeug.wrappers import Response
 
 from services.contracts.events import parse_event
+from services.contracts.tiers import CHILDREN_EXCHANGE, PARENT_EXCHANGE, subtree_binding
+from services.plumbing.config import home_node
 from services.plumbing import ops as ops_endpoints
 from services.plumbing.clock import Clock
 from services.plumbing.consumer import DUPLICATE, reliable_event_handler
@@ -65,9 +67,43 @@ class TasksService(ops_endpoints.OpsEndpoints):
                                envelope.event_type):
                 return DUPLICATE
             tasks = ops.open_tasks(session, event, self.outbox, self.identity.home, self._settings, now,
-                                   correlation_id=str(event.inspection_id))
+                                   correlation_id=str(event.inspection_id),
+                                   child_stacks=self.identity.child_stacks)
             ops.refresh_gauges(session, now)
         return [t.id for t in tasks]
+
+    # --- tiers: tasks handed down from the parent, progress reported by children ---
+
+    @reliable_event_handler("tier", "task_delegated", exchange=PARENT_EXCHANGE,
+                            routing_key=lambda config: subtree_binding(home_node(config), "task_delegated"))
+    def on_task_delegated(self, body):
+        envelope, delegated = parse_event(body, "task_delegated")
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_task_delegated",
+                               envelope.event_type):
+                return DUPLICATE
+            tasks = ops.accept_delegated(session, delegated, self.outbox, self.identity.home, self._settings,
+                                         now, self.identity.child_stacks)
+        return [t.id for t in tasks]
+
+    @reliable_event_handler("tier", "task_status_changed", exchange=CHILDREN_EXCHANGE,
+                            routing_key="task_status_changed.#")
+    def on_child_task_status_changed(self, body):
+        return self._apply_child_update(body, "task_status_changed")
+
+    @reliable_event_handler("tier", "task_closed", exchange=CHILDREN_EXCHANGE, routing_key="task_closed.#")
+    def on_child_task_closed(self, body):
+        return self._apply_child_update(body, "task_closed")
+
+    def _apply_child_update(self, body, event_type: str):
+        envelope, update = parse_event(body, event_type)
+        with self.db.transaction() as session:
+            if not claim_event(session, processed_events, envelope.event_id, f"tasks.on_child_{event_type}",
+                               envelope.event_type):
+                return DUPLICATE
+            task = ops.apply_child_update(session, update, self.outbox, self.clock.now())
+        return task.id if task else None
 
     # --- the ledger ---
 

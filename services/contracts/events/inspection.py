@@ -42,6 +42,8 @@ class PlaceRef(_Frozen):
     gps: GeoPoint | None = None
     node: NodeCode
     responsible_subject_id: str | None = None
+    responsible_subject_name: str | None = None
+    responsible_subject_node: NodeCode | None = None
 
 
 class ChecklistRef(_Frozen):

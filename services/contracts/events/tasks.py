@@ -6,7 +6,7 @@ from enum import StrEnum
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.contracts.events import event_payload
-from services.contracts.events.inspection import Evidence, PlaceRef
+from services.contracts.events.inspection import Evidence, InspectionSubmitted, PlaceRef
 from services.contracts.nodes import NodeCode
 from services.contracts.vocab import Severity
 
@@ -121,3 +121,14 @@ class LedgerFiguresUpdated(_Frozen):
     on_time_rate: float | None = Field(description="closed on time / closed")
     mean_hours_to_fix: float | None
     computed_at: AwareDatetime
+
+
+@event_payload("task_delegated", 1)
+class TaskDelegated(_Frozen):
+    """A higher tier's finding handed down to the child stack whose subtree holds the
+    responsible subject (published on `chuangwei.down`). The task keeps its id at every
+    tier, so each tier's ledger shows the same task; `inspection` carries the one finding.
+    """
+    task_id: str
+    delegated_by: NodeCode = Field(description="the tier handing the task down")
+    inspection: InspectionSubmitted
