@@ -252,6 +252,9 @@ class ScoreInput:
         return Period.containing(PeriodKind.month, self.inspected_at).key
 
 
+REPORT_SOURCE = "report:"  # ChildInput.source prefix of a child stack's own report (report:<node>)
+
+
 @dataclass(frozen=True)
 class ChildInput:
     """A child unit's score for the same period (computed in this stack or received from its own)."""
@@ -470,7 +473,10 @@ def subject_score(period: Period, policy: Policy, inputs: Sequence[ScoreInput],
     score = composite_score(routine, appraisal_score, composite) if composite else routine
     applied = veto_reasons(period, vetoes, ledger, policy)
     grade, capped_from = grade_for(score, bool(applied), policy.grades)
-    inputs_count = own.counted + sum(1 for c in children if c.score is not None)
+    # A child scored here counts once; a child stack's own report stands for the
+    # inspections behind it, so a well-inspected district is not "a sample of one".
+    inputs_count = own.counted + sum((c.inputs if c.source.startswith(REPORT_SOURCE) else 1)
+                                     for c in children if c.score is not None)
     explain = {
         "period": period.key, "period_kind": str(period.kind), "scale": policy.scale,
         "rule": own.rule,

@@ -7,3 +7,7 @@ RECOMPUTE_SECONDS = Histogram("chuangwei_score_recompute_seconds",
                               ["trigger"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 SUBJECTS_RANKED = Gauge("chuangwei_subjects_ranked", "Subjects ranked in the last re-ranked peer group",
                         ["tier", "subject_type", "period_kind"])
+
+CHILD_LAST_HEARD = Gauge("chuangwei_child_last_heard_timestamp_seconds",
+                         "When this tier last heard from each child stack (unix time); alert on time() - this",
+                         ["child"])

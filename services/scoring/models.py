@@ -176,5 +176,17 @@ class LedgerFigures(Base):
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ChildFreshness(Base):
+    """When this tier last heard from each child stack (a silent district must be noticed)."""
+    __tablename__ = "scoring_child_freshness"
+
+    child_node: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    last_heard_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_event_type: Mapped[str] = mapped_column(String(64))
+    events: Mapped[int] = mapped_column(Integer, default=0)
+
+
 outbox = make_outbox_table(Base.metadata, "scoring")
 processed_events = make_processed_events_table(Base.metadata, "scoring")

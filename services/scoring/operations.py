@@ -34,7 +34,8 @@ from services.contracts.periods import Period, PeriodKind
 from services.contracts.vocab import SubjectType
 from services.scoring import domain, metrics
 from services.scoring.domain import ScoringRuleViolation
-from services.scoring.models import (Appraisal, ChildScore, LedgerFigures, PeriodScore, PolicyVersion,
+from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_key
+from services.scoring.models import (Appraisal, ChildFreshness, ChildScore, LedgerFigures, PeriodScore, PolicyVersion,
                                      ScoreInputRow, Subject, SubjectAlias, Veto)
 
 CHILD = SubjectType.child_unit.value
@@ -348,6 +349,10 @@ class Scorer:
             policy=PolicyRef(policy_id=row.policy_id, version=row.policy_version), revision=row.revision,
             computed_at=_aware(row.computed_at))
         self.ctx.outbox.add(self.session, event, correlation_id=self.correlation_id)
+        if row.subject_type == CHILD and row.node == self.ctx.home:
+            # This tier's own aggregate goes up to the parent tier (over federation).
+            self.ctx.outbox.add(self.session, event, correlation_id=self.correlation_id, exchange=UP_EXCHANGE,
+                                routing_key=tier_routing_key("score_published", self.ctx.home))
         metrics.SCORES_PUBLISHED.labels(row.period_kind).inc()
         if row.subject_type == CHILD and row.node != self.ctx.home:
             parent = parent_of(row.node)
@@ -391,6 +396,52 @@ def apply_child_score(session: Session, ctx: Context, parent: str, child: str, n
     scorer.refresh(parent, [period])
     scorer.finish("child_score")
     return True
+
+
+def apply_child_report(session: Session, ctx: Context, envelope_occurred_at: datetime, event: ScorePublished,
+                       now: datetime | None = None) -> bool:
+    """A child stack's own aggregate (its score_published for its home node, arrived over
+    federation) becomes that child's input here: the highest revision wins, an older one
+    arriving late is ignored. Returns whether anything changed."""
+    child = event.subject.node
+    if event.subject.node != event.scoring_node or event.subject.subject_type != CHILD:
+        return False  # only a tier's own aggregate travels up; anything else is not for us
+    if child == ctx.home or not is_within(child, ctx.home):
+        raise InvalidEvent(f"score of {child} is not from a child of this tier ({ctx.home})")
+    now = now or _now()
+    fresh = session.get(ChildFreshness, child)
+    if fresh is None:
+        fresh = ChildFreshness(child_node=child, name=event.subject.name, events=0, last_event_type="")
+        session.add(fresh)
+    fresh.name, fresh.last_heard_at = event.subject.name, now
+    fresh.last_event_at, fresh.last_event_type = envelope_occurred_at, "score_published"
+    fresh.events = (fresh.events or 0) + 1
+    metrics.CHILD_LAST_HEARD.labels(child).set(now.timestamp())
+    period = Period(PeriodKind(event.period_kind), event.period)
+    # Stored as the child's own input (parent = child): the child's subtree as it reports it,
+    # blended with this tier's own inspections of the child by the policy's roll-up rule.
+    return apply_child_score(session, ctx, child, child, event.subject.name, period, event.score, event.scale,
+                             event.inputs, source=f"{domain.REPORT_SOURCE}{child}", revision=event.revision,
+                             correlation_id=str(event.subject.node))
+
+
+def child_freshness(session: Session, ctx: Context, now: datetime | None = None,
+                    expected: tuple[str, ...] = ()) -> list[dict]:
+    """Each child stack with when it was last heard from; expected children never heard from too."""
+    now = now or _now()
+    rows = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()}
+    out = []
+    for child in sorted(set(rows) | set(expected)):
+        row = rows.get(child)
+        heard = _aware(row.last_heard_at) if row else None
+        out.append({"child": child, "name": row.name if row else ctx.name_of(child),
+                    "last_heard_at": heard.isoformat() if heard else None,
+                    "seconds_since": round((now - heard).total_seconds(), 1) if heard else None,
+                    "last_event_type": row.last_event_type if row else None,
+                    "events": row.events if row else 0})
+        if heard:
+            metrics.CHILD_LAST_HEARD.labels(child).set(heard.timestamp())
+    return out
 
 
 # --- events ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import Session
 
 from services.contracts.events import parse_event
+from services.contracts.tiers import CHILDREN_EXCHANGE
 from services.plumbing import ops as ops_endpoints
 from services.plumbing.consumer import DUPLICATE, reliable_event_handler
 from services.plumbing.db import Database
@@ -82,6 +83,23 @@ class ScoringService(ops_endpoints.OpsEndpoints):
                                envelope.event_type):
                 return DUPLICATE
             return ops.apply_ledger_figures(session, self._ctx(), str(envelope.event_id), payload)
+
+    # --- tiers: child stacks' aggregates, over federation ---
+
+    @reliable_event_handler("tier", "score_published", exchange=CHILDREN_EXCHANGE, routing_key="score_published.#")
+    def on_child_score_published(self, body):
+        envelope, payload = parse_event(body, "score_published")
+        with self.db.transaction() as session:
+            ops.lock_scoring(session)
+            if not claim_event(session, processed_events, envelope.event_id, "scoring.on_child_score_published",
+                               envelope.event_type):
+                return DUPLICATE
+            return ops.apply_child_report(session, self._ctx(), envelope.occurred_at, payload)
+
+    @api("GET", "/children/freshness",
+         summary="下级上报时效 When this tier last heard from each child stack")
+    def get_child_freshness(self, request):
+        return ops.child_freshness(self.db.session, self._ctx(), expected=self.identity.child_stacks)
 
     # --- rankings and scores ---
 

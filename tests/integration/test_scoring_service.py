@@ -240,7 +240,8 @@ def all_published(database_url: str, tap) -> int:
         def staged():
             with engine.connect() as conn:
                 return conn.execute(select(func.count()).select_from(scoring_outbox).where(
-                    scoring_outbox.c.event_type == "score_published")).scalar_one()
+                    scoring_outbox.c.event_type == "score_published",
+                    scoring_outbox.c.exchange == "scoring.events")).scalar_one()  # not the upward copies
         support.wait_until(lambda: len(tap.drain()) == staged(), message="outbox relayed")
         return staged()
     finally:

@@ -26,10 +26,11 @@ SAMPLES = Path(__file__).resolve().parents[3] / "services" / "contracts" / "even
 
 class RecordingOutbox:
     def __init__(self):
-        self.events = []
+        self.events = []   # on this stack's own exchange
+        self.upward = []   # copies for the parent tier (chuangwei.up)
 
-    def add(self, session, payload, correlation_id=None, **kw):
-        self.events.append(payload)
+    def add(self, session, payload, correlation_id=None, exchange=None, **kw):
+        (self.upward if exchange else self.events).append(payload)
 
 
 @pytest.fixture
@@ -127,3 +128,52 @@ def test_external_child_scores_keep_the_latest_revision(service):
         stored = conn.execute(select(PeriodScore.score).where(PeriodScore.subject_id == "411502008000",
                                                               PeriodScore.period == "2026-11")).scalar_one()
     assert stored == 85.0
+
+
+def test_only_the_home_aggregate_goes_up_to_the_parent_tier(service):
+    service.on_inspection_submitted(inspection_event("411502008001", 88.0, "2026-11-02"))
+    assert service.outbox.upward, "the street's own aggregate must be reported upward"
+    assert {e.subject.node for e in service.outbox.upward} == {"411502008000"}
+    assert {e.scoring_node for e in service.outbox.upward} == {"411502008000"}
+    own = {(e.period, e.revision) for e in service.outbox.events if e.subject.node == "411502008000"}
+    assert {(e.period, e.revision) for e in service.outbox.upward} == own
+
+
+def child_report(node, period, score, revision, inputs=4, scoring_node=None):
+    body = json.loads((SAMPLES / "score_published.v1.json").read_text(encoding="utf-8"))
+    body["event_id"] = str(uuid4())
+    body["producer"] = {"node": scoring_node or node, "service": "scoring"}
+    body["payload"].update(scoring_node=scoring_node or node, period_kind="month", period=period, score=score,
+                           scale=100, revision=revision, inputs=inputs,
+                           subject={"subject_id": node, "node": node, "name": "子级", "subject_type": "child_unit"})
+    return body
+
+
+def test_child_stack_reports_roll_up_and_late_revisions_are_ignored():
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    Base.metadata.create_all(engine)
+    district = worker_factory(
+        ScoringService, db=WorkerDatabase(sessionmaker(bind=engine, expire_on_commit=False)),
+        outbox=RecordingOutbox(), identity=StackIdentity(home="411502000000", tier=Tier.district, tree=None,
+                                                         child_stacks=("411502008000",)),
+        default_policy="street")
+    district.on_child_score_published(child_report("411502008000", "2026-11", 90.0, revision=2))
+    district.on_child_score_published(child_report("411502001000", "2026-11", 80.0, revision=1))
+    late = district.on_child_score_published(child_report("411502008000", "2026-11", 10.0, revision=1))
+    assert late is False  # an older revision arriving late changes nothing
+    own = [e for e in district.outbox.events if e.period == "2026-11" and e.period_kind == "month"]
+    latest = {}
+    for e in own:
+        latest[e.subject.node] = e
+    assert latest["411502008000"].score == 90.0 and latest["411502001000"].score == 80.0
+    assert latest["411502008000"].rank == 1 and latest["411502001000"].rank == 2  # 4 inputs each: ranked
+    assert latest["411502000000"].score == 85.0  # the district: mean of its streets' reports
+    assert [e.subject.node for e in district.outbox.upward if e.period == "2026-11"][-1] == "411502000000"
+    # A street's report of one of its communities is not a tier aggregate: ignored.
+    assert district.on_child_score_published(
+        child_report("411502008001", "2026-11", 50.0, revision=1, scoring_node="411502008000")) is False
+    with pytest.raises(InvalidEvent):  # a "child" outside this district
+        district.on_child_score_published(child_report("411503001000", "2026-11", 50.0, revision=1))
+    freshness = {f["child"]: f for f in district.get_child_freshness(None)}
+    assert freshness["411502008000"]["events"] == 2 and freshness["411502001000"]["events"] == 1
+    engine.dispose()
