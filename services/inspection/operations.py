@@ -18,7 +18,6 @@ from services.contracts.checklists import Catalogue, ChecklistLookupError
 from services.contracts.events.inspection import (ChecklistRef, Evidence, Finding, GeoPoint,
                                                   InspectionSubmitted, PlaceRef, SubjectRef)
 from services.contracts.nodes import is_within, NodeTree
-from services.contracts.vocab import SubjectType
 from services.inspection import metrics
 from services.inspection.domain import InspectionRuleViolation, check_inspected_at, score_results
 from services.inspection.models import Inspection, ItemResult, Place, Subject
@@ -62,9 +61,9 @@ def subject_out(s: Subject) -> SubjectOut:
 
 
 def register_subject(session: Session, data: SubjectCreate, jurisdiction: Jurisdiction) -> SubjectOut:
+    # A child unit at the home node itself is the office's own unit (本级), for its self-checks
+    # (自查): a community stack's own score is what it reports to the street.
     jurisdiction.check(data.node, "node")
-    if data.subject_type == SubjectType.child_unit and data.node == jurisdiction.home:
-        raise InspectionRuleViolation("node", "a child unit must lie below this stack's home node")
     existing = session.execute(select(Subject).where(
         Subject.node == data.node, Subject.subject_type == data.subject_type.value,
         Subject.name == data.name)).scalar_one_or_none()

@@ -100,7 +100,12 @@ class ManagementApi:
         self.auth = (parts.username or "guest", parts.password or "guest")
 
     def _call(self, method: str, path: str, body=None, ok=(200, 201, 204)):
-        response = requests.request(method, self.base + path, auth=self.auth, json=body, timeout=15)
+        # The management API answers 500 now and then while a vhost or link is being set up.
+        for attempt in range(5):
+            response = requests.request(method, self.base + path, auth=self.auth, json=body, timeout=15)
+            if response.status_code < 500:
+                break
+            time.sleep(0.5 * (attempt + 1))
         if response.status_code not in ok:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
         return response.json() if response.content and response.status_code == 200 else None

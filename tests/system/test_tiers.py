@@ -1,0 +1,196 @@
+"""Four tiers as four stacks (city → district → street → community) on the local broker,
+linked by RabbitMQ federation: scores roll upward, tasks flow downward, and a link outage
+loses nothing and counts nothing twice."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from services.tools import federation
+from tests import support
+
+pytestmark = pytest.mark.system
+
+CITY, SHIHE, PINGQIAO = "411500000000", "411502000000", "411503000000"     # 信阳市, 浉河区, 平桥区
+JINNIUSHAN, LAOCHENG = "411502008000", "411502001000"                     # 金牛山街道, 老城街道
+ZHOUJIASHAN, XIANGTANG = "411502008001", "411502008006"                   # 周家山社区, 飨堂社区
+MONTH = "2026-11"
+PHOTO = {"uri": "photos/x.jpg", "sha256": "c" * 64}
+
+TIERS = [
+    (CITY, "信阳市", None, [SHIHE]),
+    (SHIHE, "浉河区", CITY, [JINNIUSHAN]),
+    (JINNIUSHAN, "金牛山街道", SHIHE, [ZHOUJIASHAN]),
+    (ZHOUJIASHAN, "周家山社区", JINNIUSHAN, []),
+]
+
+
+def subject(api, node, name):
+    response = api.post("/subjects", {"subject_type": "child_unit", "node": node, "name": name})
+    assert response.status_code == 201, response.text
+    return response.json()["subject_id"]
+
+
+def inspect(api, subject_id, score, day, kind="routine", results=None):
+    """An inspection on the national ten-area checklist whose score is `score` (100 − deductions)."""
+    if results is None:
+        results = _deductions(100 - score)
+    response = api.post("/inspections", {
+        "kind": kind, "subject_id": subject_id, "checklist": {"version": "2010.1", "code": "national-ten-areas"},
+        "inspectors": ["检查组"], "inspected_at": f"2026-11-{day:02d}T10:00:00+08:00", "results": results})
+    assert response.status_code == 201, response.text
+    assert response.json()["score"] == score
+    return response.json()
+
+
+def _deductions(points: int) -> list[dict]:
+    """Whole-point deductions spread over the checklist's items, each within the item's cap."""
+    from services.contracts.checklists import default_catalogue
+    out, left = [], points
+    for _, item in default_catalogue().checklist("2010.1", "national-ten-areas").items():
+        if left <= 0:
+            break
+        step = min(left, int(item.max_points))
+        out.append({"item_code": item.code, "findings": 1, "deduction": step})
+        left -= step
+    assert left == 0, points
+    return out
+
+
+def ranking(stack, tier):
+    response = stack.scoring.get(f"/rankings?period={MONTH}&tier={tier}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def order(stack, tier):
+    return [r["node"] for r in ranking(stack, tier)["ranking"]]
+
+
+def score_of(stack, tier, node):
+    rows = {r["node"]: r for r in ranking(stack, tier)["ranking"] + ranking(stack, tier)["below_minimum_sample"]}
+    return rows.get(node, {}).get("score")
+
+
+def settle(predicate, message, timeout=60):
+    return support.wait_until(predicate, timeout=timeout, interval=0.3, message=message)
+
+
+def count(database_url, sql):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_four_tiers(tier_chain):
+    config, stacks = tier_chain(TIERS)
+    city, district, street, community = (stacks[n] for n in (CITY, SHIHE, JINNIUSHAN, ZHOUJIASHAN))
+
+    # --- each tier inspects what it evaluates ------------------------------------------------
+    self_id = subject(community.inspection, ZHOUJIASHAN, "周家山社区")      # the community's self-checks (自查)
+    inspect(community.inspection, self_id, 96, 2, kind="self_check")
+    inspect(community.inspection, self_id, 94, 9, kind="self_check")            # community: 95
+
+    zhou = subject(street.inspection, ZHOUJIASHAN, "周家山社区")
+    xiang = subject(street.inspection, XIANGTANG, "飨堂社区")
+    inspect(street.inspection, zhou, 90, 3)
+    inspect(street.inspection, zhou, 92, 10)                                    # street's own view: 91
+    inspect(street.inspection, xiang, 88, 3)
+    inspect(street.inspection, xiang, 86, 10)                                   # 飨堂: 87
+
+    laocheng = subject(district.inspection, LAOCHENG, "老城街道")
+    inspect(district.inspection, laocheng, 88, 4)
+    inspect(district.inspection, laocheng, 91, 11)                              # 老城: 89.5
+
+    pingqiao = subject(city.inspection, PINGQIAO, "平桥区")
+    inspect(city.inspection, pingqiao, 88, 5, kind="unannounced")
+    inspect(city.inspection, pingqiao, 90, 12, kind="unannounced")              # 平桥: 89
+
+    # 周家山 at the street = ½ street's own inspections (91) + ½ the community's report (95) = 93;
+    # the street = mean(93, 87) = 90; the district: 金牛山 90 (the street's report), 老城 89.5,
+    # itself 89.75; the city: 浉河 89.75 (the district's report) ahead of 平桥 89.
+    settle(lambda: score_of(street, "community", ZHOUJIASHAN) == 93.0, "street: 周家山 at 93")
+    assert order(street, "community") == [ZHOUJIASHAN, XIANGTANG]
+    settle(lambda: score_of(district, "street", JINNIUSHAN) == 90.0, "district: 金牛山 at 90")
+    assert order(district, "street") == [JINNIUSHAN, LAOCHENG]
+    settle(lambda: score_of(city, "district", SHIHE) == 89.75, "city: 浉河 at 89.75")
+    assert order(city, "district") == [SHIHE, PINGQIAO]
+
+    # --- one community inspection changes the street, district and city rankings ---------------
+    inspect(community.inspection, self_id, 56, 16, kind="self_check")           # community: (96+94+56)/3 = 82
+    # street: 周家山 (91+82)/2 = 86.5 < 飨堂 87; street = 86.75; district: 金牛山 86.75 < 老城 89.5,
+    # district = 88.125; city: 浉河 88.125 < 平桥 89.
+    settle(lambda: order(street, "community") == [XIANGTANG, ZHOUJIASHAN], "street ranking flips")
+    assert score_of(street, "community", ZHOUJIASHAN) == 86.5
+    settle(lambda: order(district, "street") == [LAOCHENG, JINNIUSHAN], "district ranking flips")
+    assert score_of(district, "street", JINNIUSHAN) == 86.75
+    settle(lambda: order(city, "district") == [PINGQIAO, SHIHE], "city ranking flips")
+    assert score_of(city, "district", SHIHE) == pytest.approx(88.125, abs=0.006)
+
+    # --- a link outage: the street's reports wait, then arrive, each exactly once -------------
+    def received():
+        return count(district.database_url, "select count(*) from scoring_processed_events "
+                                            "where consumer = 'scoring.on_child_score_published'")
+
+    def sent():
+        return count(street.database_url, "select count(*) from scoring_outbox where exchange = 'chuangwei.up'")
+    settle(lambda: received() == sent(), "every report so far heard")
+    sent_before = sent()
+    federation.set_upward_link(config, JINNIUSHAN, enabled=False)
+    settle(lambda: any(l["upstream"] == f"child-{JINNIUSHAN}" and l["status"] != "running"
+                       for l in federation.link_status(config)), "street → district link down", timeout=30)
+    inspect(community.inspection, self_id, 100, 17, kind="self_check")          # community: 86.5 → 周家山 88.75
+    inspect(street.inspection, xiang, 96, 17)                                   # 飨堂: 90 → street 89.375
+    settle(lambda: score_of(street, "community", XIANGTANG) == 90.0
+           and score_of(street, "community", ZHOUJIASHAN) == 88.75, "street updated while cut off")
+    settle(lambda: count(street.database_url, "select count(*) from scoring_outbox where exchange = 'chuangwei.up' "
+                                              "and published_at is null") == 0, "street's reports left its outbox")
+    assert score_of(district, "street", JINNIUSHAN) == 86.75                    # the district has not heard
+    federation.set_upward_link(config, JINNIUSHAN, enabled=True)
+    settle(lambda: score_of(district, "street", JINNIUSHAN) == pytest.approx(89.375, abs=0.006),
+           "district catches up after the outage")
+    total = sent()
+    assert total > sent_before                                      # the outage held several reports
+    settle(lambda: received() == total, "every report sent during the outage processed")
+    freshness = {f["child"]: f for f in district.scoring.get("/children/freshness").json()}
+    assert freshness[JINNIUSHAN]["events"] == total                 # each report heard exactly once
+    settle(lambda: order(city, "district") == [SHIHE, PINGQIAO], "city ranking after the outage")
+    assert score_of(city, "district", SHIHE) == pytest.approx((89.375 + 89.5) / 2, abs=0.006)
+
+    # --- a city inspection of a community lands in the community's ledger ----------------------
+    city_zhou = subject(city.inspection, ZHOUJIASHAN, "周家山社区")
+    inspection = inspect(city.inspection, city_zhou, 96, 18, kind="unannounced",
+                         results=[{"item_code": "CITY-01", "findings": 1, "deduction": 4,
+                                   "note": "背街小巷垃圾堆积", "evidence": [PHOTO],
+                                   "deadline_at": "2026-11-30T18:00:00+08:00"}])
+    city_task = settle(lambda: next((t for t in city.tasks.get("/tasks?limit=1000").json()
+                                     if t["inspection_id"] == inspection["inspection_id"]), None), "city's task")
+    assert city_task["delegated_to"] == SHIHE and city_task["item_code"] == "CITY-01"
+    task_id = city_task["task_id"]
+    owned = settle(lambda: _task(community, task_id), "task in the community's ledger")
+    assert owned["delegated_to"] is None and owned["owner_node"] == ZHOUJIASHAN
+    assert owned["inspecting_node"] == CITY and owned["item_code"] == "CITY-01"
+    assert _task(street, task_id)["delegated_to"] == ZHOUJIASHAN
+    assert _task(district, task_id)["delegated_to"] == JINNIUSHAN
+    refused = city.tasks.post(f"/tasks/{task_id}/start", {"actor": "张伟", "role": "responsible"})
+    assert refused.status_code == 409                               # handled in the community's ledger
+
+    def act(action, body):
+        response = community.tasks.post(f"/tasks/{task_id}/{action}", body)
+        assert response.status_code == 200, response.text
+    act("start", {"actor": "周家山社区 张伟", "role": "responsible", "note": "已安排清运"})
+    act("fix", {"actor": "周家山社区 张伟", "role": "responsible", "note": "垃圾已清运",
+                "after_photos": [{"uri": "photos/after.jpg", "sha256": "d" * 64}]})
+    act("verify", {"actor": "市创卫办 王芳", "role": "inspector", "note": "复查合格，销号"})
+    for tier in (street, district, city):
+        settle(lambda: _task(tier, task_id)["status"] == "closed", f"close-out seen at {tier.name}")
+    closed = _task(city, task_id)
+    assert closed["verified_by"] == "市创卫办 王芳" and closed["on_time"] is True
+
+
+def _task(stack, task_id):
+    response = stack.tasks.get(f"/tasks/{task_id}")
+    return response.json() if response.status_code == 200 else None
