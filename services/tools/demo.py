@@ -32,6 +32,7 @@ from pathlib import Path
 import requests
 
 from services.contracts.checklists import default_catalogue
+from services.contracts.nodes import is_within, tier_of
 from services.contracts.periods import CST
 from services.tools import federation
 
@@ -157,7 +158,6 @@ class Visit:
 
 
 def level_of(node: str) -> str:
-    from services.contracts.nodes import tier_of
     return str(tier_of(node))
 
 
@@ -430,6 +430,8 @@ def close_out(stacks: list[Stack], rng: random.Random, found_before: datetime, s
             found = datetime.fromisoformat(task["found_at"])
             if task["status"] == "closed" or found >= found_before or rng.random() > share:
                 continue
+            if any(is_within(task["responsible"]["node"], child) for child in stack.children):
+                continue  # handed down: the child's ledger closes it and this copy follows
             base = stack.url("tasks", f"/tasks/{task['task_id']}")
             responsible = task["responsible"]["name"]
             try:
@@ -444,7 +446,7 @@ def close_out(stacks: list[Stack], rng: random.Random, found_before: datetime, s
                                                 "note": "现场复查合格，予以销号"})
                 closed += 1
             except DemoError as exc:
-                if " 409 " not in str(exc):   # a handed-down task: the child's ledger closes it
+                if " 409 " not in str(exc):   # e.g. already closed by a retry
                     raise
     return closed
 
