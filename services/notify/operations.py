@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from services.plumbing.sqltime import as_utc
 from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
 from services.contracts.events import EventEnvelope
 from services.contracts.events.inspection import InspectionSubmitted
@@ -47,11 +48,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
+aware = as_utc
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Protocol
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from services.plumbing.sqltime import as_utc
 from services.contracts.errors import UnknownReference
 from services.contracts.events import InvalidEvent
 from services.contracts.events.inspection import InspectionSubmitted
@@ -64,9 +65,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+_aware = as_utc
 
 
 def lock_scoring(session: Session) -> None:

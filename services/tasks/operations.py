@@ -16,6 +16,7 @@ from typing import Iterable, Protocol
 from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
+from services.plumbing.sqltime import as_utc
 from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.nodes import is_within
 from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
@@ -67,12 +68,7 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    if value is not None and value.tzinfo is None:
-        from datetime import timezone
-        return value.replace(tzinfo=timezone.utc)
-    return value
+_aware = as_utc
 
 
 def task_ref(task: Task) -> TaskRef:
