@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nameko.timer import timer
 from werkzeug.wrappers import Response
 
 from services.contracts.errors import RuleViolation
@@ -30,11 +29,13 @@ from services.plumbing.db import Database
 from services.plumbing.http import api
 from services.plumbing.idempotency import claim_event
 from services.plumbing.providers import Identity
+from services.plumbing.timers import ConfigurableTimer
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# The timer only checks whether last month's bulletin is due; the work is locked and idempotent.
+# The timer (NOTIFY_BULLETIN_CHECK_SECONDS; 0 turns it off) only checks whether last month's
+# bulletin is due; the work is locked and idempotent.
 BULLETIN_CHECK_SECONDS = 300
 
 
@@ -111,7 +112,7 @@ class NotifyService(ops_endpoints.OpsEndpoints):
 
     # --- the schedule ---
 
-    @timer(interval=BULLETIN_CHECK_SECONDS)
+    @ConfigurableTimer.decorator("NOTIFY_BULLETIN_CHECK_SECONDS", BULLETIN_CHECK_SECONDS)
     def scheduled_bulletin(self):
         if str(self.config.get("NOTIFY_BULLETIN_SCHEDULE", "true")).lower() == "false":
             return
