@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)   # also when started in the background (SIGINT ignored)
     started = time.monotonic()
     try:
         shutil.rmtree(VAR, ignore_errors=True)
@@ -617,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
             for stack in stacks:
                 print(f"  {stack.name}: pid {stack.process.pid}, http://127.0.0.1:{stack.port('scoring')}/rankings"
                       f"?period={MONTHS[-1]}&tier={CHILD_TIER[stack.level]}")
+            pids = " ".join(f"-{s.process.pid}" for s in stacks)
+            print(f"stop them with: kill -TERM -- {pids}\n"
+                  f"then remove the vhosts: python -m services.tools.federation unwire {args.config}")
             return 0 if ok else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the stacks", file=sys.stderr)
