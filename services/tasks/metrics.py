@@ -11,3 +11,5 @@ ESCALATIONS = Counter("chuangwei_task_escalations_total", "Tasks escalated to th
 URGES = Counter("chuangwei_task_urges_total", "Urge notices (督办) issued for overdue tasks")
 RELAPSES = Counter("chuangwei_task_relapses_total", "New tasks that repeat a closed one (反弹)")
 TRANSITIONS = Counter("chuangwei_task_transitions_total", "Task lifecycle transitions", ["action"])
+COORDINATION_REQUESTS = Counter("chuangwei_coordination_requests_total",
+                                "Escalations received from child stacks (上报协调)")

@@ -120,5 +120,22 @@ class LedgerFigures(Base):
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CoordinationRequest(Base):
+    """An escalation from a child stack's ledger that this tier owes an answer to (上报协调)."""
+    __tablename__ = "tasks_coordination_requests"
+
+    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    from_node: Mapped[str] = mapped_column(String(12), index=True)
+    task: Mapped[dict] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    escalated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    answer_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # open | answered
+    answered_by: Mapped[str | None] = mapped_column(String(100))
+    answer: Mapped[str | None] = mapped_column(Text)
+    new_deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 outbox = make_outbox_table(Base.metadata, "tasks")
 processed_events = make_processed_events_table(Base.metadata, "tasks")

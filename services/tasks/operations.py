@@ -17,19 +17,19 @@ from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from services.plumbing.sqltime import as_utc
-from services.contracts.errors import StateConflict, UnknownReference
+from services.contracts.errors import PermissionDenied, StateConflict, UnknownReference
 from services.contracts.nodes import is_within
 from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
 from services.contracts.events.inspection import Evidence, InspectionSubmitted, PlaceRef
-from services.contracts.events.tasks import (LedgerFiguresUpdated, Light, Responsible, TaskClosed, TaskDelegated,
+from services.contracts.events.tasks import (CoordinationAnswered, LedgerFiguresUpdated, Light, Responsible, TaskClosed, TaskDelegated,
                                              TaskEscalated, TaskOpened, TaskOverdue, TaskRef, TaskRelapsed, TaskStatus,
                                              TaskStatusChanged)
 from services.contracts.periods import CST, Period, PeriodKind
 from services.contracts.vocab import SEVERITY_LABELS, Severity
 from services.tasks import domain, metrics
 from services.tasks.domain import Action, Role, TaskRuleViolation
-from services.tasks.models import LedgerFigures, SubjectName, Task, TaskHistory
-from services.tasks.schemas import FiguresOut, HistoryOut, LedgerQuery, ResponsibleOut, SweepOut, TaskOut
+from services.tasks.models import CoordinationRequest, LedgerFigures, SubjectName, Task, TaskHistory
+from services.tasks.schemas import CoordinationOut, FiguresOut, HistoryOut, LedgerQuery, ResponsibleOut, SweepOut, TaskOut
 
 SYSTEM_ACTOR = "督办系统"
 
@@ -290,8 +290,13 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
         outbox.add(session, closed, correlation_id=task.id)
         _report_upward(session, task, outbox, closed)
     elif action == Action.escalate:
-        outbox.add(session, TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,
-                                          answer_due_at=task.answer_due_at, at=now), correlation_id=task.id)
+        escalated = TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,
+                                  answer_due_at=task.answer_due_at, at=now)
+        outbox.add(session, escalated, correlation_id=task.id)
+        if not is_within(task.escalated_to, task.owner_node):
+            # The tier above runs its own stack: the request for coordination goes up the link.
+            outbox.add(session, escalated, correlation_id=task.id, exchange=UP_EXCHANGE,
+                       routing_key=tier_routing_key("task_escalated", task.owner_node))
     metrics.TRANSITIONS.labels(action.value).inc()
 
 
@@ -342,6 +347,87 @@ def apply_child_update(session: Session, update: TaskStatusChanged | TaskClosed,
     if not is_within(task.inspecting_node, task.owner_node):
         outbox.add(session, update, correlation_id=task.id, exchange=UP_EXCHANGE,
                    routing_key=tier_routing_key(update.EVENT_TYPE, task.owner_node))
+    session.flush()
+    refresh_figures(session, outbox, _figure_keys([task]), now)
+    return task
+
+
+# --- coordination: escalations from child stacks, answered by this tier --------------------
+
+
+def coordination_out(req: CoordinationRequest, now: datetime) -> CoordinationOut:
+    due = _aware(req.answer_due_at)
+    return CoordinationOut(
+        task_id=req.task_id, from_node=req.from_node, task=TaskRef.model_validate(req.task), reason=req.reason,
+        escalated_at=_aware(req.escalated_at), answer_due_at=due, status=req.status,
+        overdue=req.status == "open" and now > due, answered_by=req.answered_by, answer=req.answer,
+        new_deadline_at=_aware(req.new_deadline_at), answered_at=_aware(req.answered_at))
+
+
+def record_coordination_request(session: Session, escalated: TaskEscalated, home: str,
+                                now: datetime) -> CoordinationRequest | None:
+    """A child stack's ledger asks this tier to coordinate (上报协调); this tier owes an answer."""
+    if escalated.to_node != home:
+        return None  # addressed to another tier
+    req = session.get(CoordinationRequest, escalated.task.task_id)
+    if req is None:
+        req = CoordinationRequest(task_id=escalated.task.task_id)
+        session.add(req)
+    elif req.status == "open" and _aware(req.escalated_at) >= escalated.at:
+        return req  # an older copy of the same request
+    req.from_node, req.task = escalated.task.owner_node, escalated.task.model_dump(mode="json")
+    req.reason, req.escalated_at, req.answer_due_at = escalated.reason, escalated.at, escalated.answer_due_at
+    req.status, req.answered_by, req.answer, req.new_deadline_at, req.answered_at = "open", None, None, None, None
+    session.flush()
+    metrics.COORDINATION_REQUESTS.inc()
+    return req
+
+
+def list_coordination(session: Session, status: str | None, now: datetime) -> list[CoordinationOut]:
+    stmt = select(CoordinationRequest).order_by(CoordinationRequest.answer_due_at, CoordinationRequest.task_id)
+    if status in ("open", "answered"):
+        stmt = stmt.where(CoordinationRequest.status == status)
+    return [coordination_out(r, now) for r in session.execute(stmt).scalars()]
+
+
+def answer_coordination(session: Session, task_id: str, actor: str, role: str, note: str,
+                        new_deadline_at: datetime | None, outbox: OutboxLike, home: str,
+                        now: datetime) -> CoordinationOut:
+    """Answer a child's escalation; the answer travels down to the ledger that owns the task."""
+    if role != Role.coordinator.value:
+        raise PermissionDenied("role", "only the coordinating tier (role coordinator) answers an escalation")
+    req = session.execute(select(CoordinationRequest).where(CoordinationRequest.task_id == task_id)
+                          .with_for_update()).scalar_one_or_none()
+    if req is None:
+        raise UnknownReference("task_id", f"no escalation of task {task_id!r} awaits this tier's answer")
+    if req.status != "open":
+        raise StateConflict("task_id", f"the escalation was already answered by {req.answered_by}")
+    if new_deadline_at is not None and new_deadline_at <= now:
+        raise TaskRuleViolation("new_deadline_at", "a new deadline must lie in the future")
+    req.status, req.answered_by, req.answer = "answered", actor, note
+    req.new_deadline_at, req.answered_at = new_deadline_at, now
+    outbox.add(session, CoordinationAnswered(task_id=task_id, coordinator_node=home, owner_node=req.from_node,
+                                             answered_by=actor, answer=note, new_deadline_at=new_deadline_at,
+                                             answered_at=now),
+               correlation_id=task_id, exchange=DOWN_EXCHANGE,
+               routing_key=tier_routing_key("coordination_answered", req.from_node))
+    session.flush()
+    return coordination_out(req, now)
+
+
+def apply_coordination_answer(session: Session, answer: CoordinationAnswered, outbox: OutboxLike,
+                              settings: Settings, now: datetime, home: str) -> Task | None:
+    """The tier above answered this ledger's escalation: back to work, maybe with a new deadline."""
+    if answer.owner_node != home:
+        return None
+    task = session.execute(select(Task).where(Task.id == answer.task_id).with_for_update()
+                           .execution_options(populate_existing=True)).scalar_one_or_none()
+    if task is None or task.status != TaskStatus.escalated.value:
+        return None  # answered already (or locally) — nothing left to do
+    # A deadline that has passed while the answer travelled is not granted.
+    deadline = answer.new_deadline_at if answer.new_deadline_at and answer.new_deadline_at > now else None
+    _transition(session, task, Action.answer, answer.answered_by, Role.coordinator.value, now, outbox, settings,
+                note=f"[{answer.coordinator_node}] {answer.answer}", evidence=[], new_deadline_at=deadline)
     session.flush()
     refresh_figures(session, outbox, _figure_keys([task]), now)
     return task

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from services.contracts.events.inspection import Evidence, PlaceRef
-from services.contracts.events.tasks import Light, TaskStatus
+from services.contracts.events.tasks import Light, TaskRef, TaskStatus
 from services.contracts.periods import InvalidPeriod, Period
 from services.contracts.vocab import Severity
 
@@ -202,3 +202,23 @@ class SweepOut(BaseModel):
     urged: int
     escalated: int
     figures_published: int
+
+
+class CoordinationOut(BaseModel):
+    """An escalation from a child stack's ledger awaiting (or given) this tier's answer."""
+    task_id: str
+    from_node: str
+    task: TaskRef
+    reason: str | None
+    escalated_at: datetime
+    answer_due_at: datetime
+    status: Literal["open", "answered"]
+    overdue: bool = Field(description="the answer is late (this tier owes it)")
+    answered_by: str | None
+    answer: str | None
+    new_deadline_at: datetime | None
+    answered_at: datetime | None
+
+
+class CoordinationQuery(_In):
+    status: Literal["open", "answered", "all"] = "open"

@@ -36,8 +36,9 @@ from services.plumbing.providers import Identity
 from services.tasks import operations as ops
 from services.tasks.domain import Action
 from services.tasks.models import outbox as outbox_table, processed_events
-from services.tasks.schemas import (AnswerIn, EscalateIn, FiguresOut, FiguresQuery, FixIn, HistoryOut, LedgerQuery,
-                                    RejectIn, StartIn, SweepOut, TaskOut, VerifyIn)
+from services.tasks.schemas import (AnswerIn, CoordinationOut, CoordinationQuery, EscalateIn, FiguresOut,
+                                    FiguresQuery, FixIn, HistoryOut, LedgerQuery, RejectIn, StartIn, SweepOut,
+                                    TaskOut, VerifyIn)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,42 @@ class TasksService(ops_endpoints.OpsEndpoints):
     @reliable_event_handler("tier", "task_closed", exchange=CHILDREN_EXCHANGE, routing_key="task_closed.#")
     def on_child_task_closed(self, body):
         return self._apply_child_update(body, "task_closed")
+
+    @reliable_event_handler("tier", "task_escalated", exchange=CHILDREN_EXCHANGE, routing_key="task_escalated.#")
+    def on_child_task_escalated(self, body):
+        envelope, escalated = parse_event(body, "task_escalated")
+        with self.db.transaction() as session:
+            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_child_task_escalated",
+                               envelope.event_type):
+                return DUPLICATE
+            request = ops.record_coordination_request(session, escalated, self.identity.home, self.clock.now())
+        return request.task_id if request else None
+
+    @reliable_event_handler("tier", "coordination_answered", exchange=PARENT_EXCHANGE,
+                            routing_key=lambda config: subtree_binding(home_node(config), "coordination_answered"))
+    def on_coordination_answered(self, body):
+        envelope, answer = parse_event(body, "coordination_answered")
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_coordination_answered",
+                               envelope.event_type):
+                return DUPLICATE
+            task = ops.apply_coordination_answer(session, answer, self.outbox, self._settings, now,
+                                                 self.identity.home)
+            ops.refresh_gauges(session, now)
+        return task.id if task else None
+
+    @api("GET", "/coordination", query=CoordinationQuery, response=list[CoordinationOut],
+         summary="协调事项 Escalations from child stacks this tier owes an answer to")
+    def list_coordination(self, request, query: CoordinationQuery):
+        return ops.list_coordination(self.db.session, query.status, self.clock.now())
+
+    @api("POST", "/coordination/<task_id>/answer", body=AnswerIn, response=CoordinationOut,
+         summary="协调答复 Answer a child stack's escalation (sent down to its ledger)")
+    def answer_coordination(self, request, task_id, body: AnswerIn):
+        with self.db.transaction() as session:
+            return ops.answer_coordination(session, task_id, body.actor, body.role, body.note, body.new_deadline_at,
+                                           self.outbox, self.identity.home, self.clock.now())
 
     def _apply_child_update(self, body, event_type: str):
         envelope, update = parse_event(body, event_type)

@@ -182,6 +182,15 @@ def test_four_tiers(tier_chain):
         response = community.tasks.post(f"/tasks/{task_id}/{action}", body)
         assert response.status_code == 200, response.text
     act("start", {"actor": "周家山社区 张伟", "role": "responsible", "note": "已安排清运"})
+    # The community cannot solve it alone: the request goes up to the street, whose answer comes back.
+    act("escalate", {"actor": "周家山社区 张伟", "role": "responsible", "reason": "需街道协调环卫车辆"})
+    request = settle(lambda: next((r for r in street.tasks.get("/coordination").json() if r["task_id"] == task_id),
+                                  None), "escalation at the street")
+    assert request["from_node"] == ZHOUJIASHAN and request["status"] == "open"
+    answered = street.tasks.post(f"/coordination/{task_id}/answer", {
+        "actor": "金牛山街道 李明", "role": "coordinator", "note": "已协调环卫所车辆，明日清运"})
+    assert answered.status_code == 200, answered.text
+    settle(lambda: _task(community, task_id)["status"] == "in_progress", "the street's answer reaches the community")
     act("fix", {"actor": "周家山社区 张伟", "role": "responsible", "note": "垃圾已清运",
                 "after_photos": [{"uri": "photos/after.jpg", "sha256": "d" * 64}]})
     act("verify", {"actor": "市创卫办 王芳", "role": "inspector", "note": "复查合格，销号"})

@@ -132,3 +132,15 @@ class TaskDelegated(_Frozen):
     task_id: str
     delegated_by: NodeCode = Field(description="the tier handing the task down")
     inspection: InspectionSubmitted
+
+
+@event_payload("coordination_answered", 1)
+class CoordinationAnswered(_Frozen):
+    """The tier above answers an escalation (协调答复); travels down to the owning ledger."""
+    task_id: str
+    coordinator_node: NodeCode
+    owner_node: NodeCode = Field(description="the ledger that escalated the task")
+    answered_by: str
+    answer: str
+    new_deadline_at: AwareDatetime | None = None
+    answered_at: AwareDatetime

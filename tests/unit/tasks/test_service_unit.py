@@ -28,10 +28,14 @@ PHOTO = {"uri": "photos/after.jpg", "sha256": "c" * 64}
 
 class RecordingOutbox:
     def __init__(self):
-        self.events = []
+        self.events = []   # on this stack's own exchange
+        self.tiers = []    # (exchange, routing key, payload) for the tier exchanges
 
-    def add(self, session, payload, correlation_id=None, **kw):
-        self.events.append(payload)
+    def add(self, session, payload, correlation_id=None, exchange=None, routing_key=None, **kw):
+        if exchange:
+            self.tiers.append((exchange, routing_key, payload))
+        else:
+            self.events.append(payload)
 
     def of(self, event_type):
         return [e for e in self.events if e.EVENT_TYPE == event_type]
@@ -114,3 +118,51 @@ def test_lifecycle_entrypoints_and_the_sweeper(service):
     assert (swept.urged, swept.escalated) == (others, others)
     assert len(service.outbox.of("task_escalated")) == others
     assert service.run_sweep(request).urged == 0
+
+
+def stack(home, tier, child_stacks=()):
+    engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+    Base.metadata.create_all(engine)
+    return worker_factory(
+        TasksService, db=WorkerDatabase(sessionmaker(bind=engine, expire_on_commit=False)),
+        outbox=RecordingOutbox(), identity=StackIdentity(home=home, tier=tier, tree=None, child_stacks=child_stacks),
+        clock=FixedClock(NOW), config={"TASKS_ESCALATION_GRACE_HOURS": 48, "TASKS_ANSWER_HOURS": 72})
+
+
+def relay(outbox, exchange, event_type):
+    """What federation would carry: the envelopes a stack published on a tier exchange."""
+    from services.contracts.events import Producer, make_event
+    return [(key, make_event(payload, Producer(node="411502008000", service="tasks")).to_message())
+            for ex, key, payload in outbox.tiers if ex == exchange and payload.EVENT_TYPE == event_type]
+
+
+def test_an_escalation_goes_up_to_the_parent_stack_and_its_answer_comes_back_down():
+    from services.tasks.schemas import AnswerIn
+    street = stack("411502008000", Tier.street)
+    district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
+    [tid, *_] = street.on_inspection_submitted(sample_event())
+    street.clock.at = NOW + timedelta(days=30)
+    street.run_sweep(MagicMock())                          # overdue beyond the grace period: escalated
+    [(key, escalated)] = [r for r in relay(street.outbox, "chuangwei.up", "task_escalated")
+                          if r[1]["payload"]["task"]["task_id"] == tid]
+    assert key == "task_escalated.41.4115.411502.411502008"
+
+    assert district.on_child_task_escalated(escalated) == tid
+    assert district.on_child_task_escalated(escalated) == DUPLICATE
+    [request] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    assert request.from_node == "411502008000" and request.overdue is False
+    new_deadline = NOW + timedelta(days=35)
+    wrong_role = AnswerIn(actor="区爱卫办李明", role="inspector", note="x")
+    with pytest.raises(Exception, match="coordinator"):
+        district.answer_coordination(MagicMock(), tid, body=wrong_role)
+    answered = district.answer_coordination(MagicMock(), tid, body=AnswerIn(
+        actor="区爱卫办李明", role="coordinator", note="已协调环卫所清掏", new_deadline_at=new_deadline))
+    assert answered.status == "answered"
+    [(down_key, answer)] = relay(district.outbox, "chuangwei.down", "coordination_answered")
+    assert down_key == "coordination_answered.41.4115.411502.411502008"
+
+    assert street.on_coordination_answered(answer) == tid
+    task = street.get_task(MagicMock(), tid)
+    assert task.status == "in_progress" and task.deadline_at == new_deadline
+    assert task.history[-1].actor == "区爱卫办李明" and "已协调环卫所清掏" in task.history[-1].reason
+    assert street.on_coordination_answered(answer) == DUPLICATE
