@@ -391,7 +391,8 @@ def apply_child_score(session: Session, ctx: Context, parent: str, child: str, n
     if not upsert_child_score(session, parent, child, name, period, score, scale, inputs, source, revision):
         return False
     scorer = Scorer(session, ctx, correlation_id=correlation_id)
-    scorer.ensure_subject(parent, parent, ctx.name_of(parent), CHILD)
+    if session.get(Subject, parent) is None:  # keep the name this tier knows it by (no flip-flop with the tree's)
+        scorer.ensure_subject(parent, parent, name if parent == child else ctx.name_of(parent), CHILD)
     scorer.refresh(parent, [period])
     scorer.finish("child_score")
     return True

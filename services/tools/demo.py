@@ -230,6 +230,13 @@ def plan_visits(stacks: dict[str, Stack], rng: random.Random) -> list[Visit]:
                     day = date(2026, 10, 8)
                 visits.append(Visit(at(day, 16, 0), stacks[community], unit, unit, checklist, "routine",
                                     quality[0] if day.month == 10 else quality[1]))
+        # 自查: the community office checks itself weekly; this is the score it reports to its street.
+        quality = next((q for street in STREET_COMMUNITIES.values() for code, _, q, _ in street if code == community),
+                       (0.9, 0.9))
+        for w, monday in enumerate(weeks):
+            day = max(monday + timedelta(days=4), date(2026, 10, 9))
+            visits.append(Visit(at(day, 15, 30), stacks[community], "self", None, "national-ten-areas", "self_check",
+                                min(0.98, (quality[0] if day.month == 10 else quality[1]) + 0.03), note="社区自查"))
     visits = [v for v in visits if v.at.date() <= LAST_DAY and v.at <= now]
     visits.sort(key=lambda v: (v.at, v.stack.index, v.subject))
     return visits
@@ -395,6 +402,8 @@ def register(stacks: dict[str, Stack]) -> Registry:
         if community not in stacks:
             continue
         s = stacks[community]
+        # The office's own unit (本级), a child unit at the home node: its self-checks are its own score.
+        subject(s, "self", "child_unit", community, s.name)
         for unit, place_type, place_name, _, _ in units:
             sid = subject(s, unit, "area_unit", community, unit)
             place(s, unit, place_type, place_name, community, f"浉河区金牛山街道{place_name}", sid)
@@ -546,6 +555,13 @@ def print_tier(stack: Stack) -> bool:
             heard = f"{f['seconds_since']:.0f} 秒前" if f["seconds_since"] is not None else "从未上报 never heard"
             parts.append(f"{f['name']}（{f['child']}）{heard}，{f['events']} 条")
         print("下级上报时效 child freshness: " + "；".join(parts))
+    if stack.tier.parent is not None:
+        try:
+            own = call("GET", stack.url("scoring", f"/subjects/{stack.node}/scores/{now_month}"))
+            print(f"本级得分 reported to the tier above: {own['score']:.2f}（{own['grade']}，样本 {own['inputs']}，"
+                  f"revision {own['revision']}）")
+        except DemoError:
+            print("本级得分 reported to the tier above: none yet")
     tasks = call("GET", stack.url("tasks", "/tasks?limit=10000"))
     from_above = sum(1 for t in tasks if t["inspecting_node"] != stack.node)
     open_tasks = sum(1 for t in tasks if t["status"] != "closed")
