@@ -65,3 +65,26 @@ def test_compose_wires_with_the_compose_tier_file():
 def test_demo_file_tiers_have_distinct_vhosts():
     config = federation.load_config(TIERS / "demo.yaml")
     assert len({t.vhost for t in config.tiers}) == len(config.tiers)
+
+
+def test_demo_plan_fits_the_demo_file():
+    """chuangwei-demo: every tier of demo.yaml inspects something in both months, never in the future."""
+    import random
+    from datetime import datetime, timezone
+
+    from services.tools import demo
+
+    config = federation.load_config(TIERS / "demo.yaml")
+    stacks = {s.node: s for s in demo.build_stacks(config, 9100)}
+    visits = demo.plan_visits(stacks, random.Random(1))
+    now = datetime.now(timezone.utc)
+    assert all(v.at <= now and v.at.date() <= demo.LAST_DAY for v in visits)
+    for node in stacks:
+        months = {f"{v.at:%Y-%m}" for v in visits if v.stack.node == node}
+        assert months == set(demo.MONTHS), f"{node} inspects in {sorted(months)}"
+    for stack in stacks.values():   # CHILD_STACKS of each tier are its children in the file
+        assert set(stack.children) == {t.node for t in config.children(stack.node)}
+    ports = [s.port(name) for s in stacks.values() for name in demo.SERVICES]
+    assert len(set(ports)) == len(ports)
+    for visit in visits:
+        assert demo.findings_for(visit.checklist, visit.quality, random.Random(2)) is not None
