@@ -272,6 +272,8 @@ class VetoInput:
     period: str
     detail: str | None = None
     source: str = "api"  # api | ledger
+    veto_id: str | None = None  # an entered veto's id (api)
+    revoked: bool = False  # revoked (appeal upheld, notice withdrawn): kept on record, no longer counts
 
 
 @dataclass(frozen=True)
@@ -404,8 +406,9 @@ def composite_score(routine: float | None, appraisal: float | None, rule: Compos
 
 def veto_reasons(period: Period, vetoes: Sequence[VetoInput], ledger: Sequence[LedgerInput],
                  policy: Policy) -> list[VetoInput]:
-    """The vetoes (一票否决) that apply to `period`: entered ones and the configured overdue condition."""
-    out = [v for v in vetoes if applies_to(Period.parse(v.period), period)]
+    """The vetoes (一票否决) that apply to `period`: entered ones not revoked, and the configured
+    overdue condition."""
+    out = [v for v in vetoes if not v.revoked and applies_to(Period.parse(v.period), period)]
     condition = policy.vetoes.overdue
     if condition is not None:
         for fig in sorted(ledger, key=lambda f: f.period):
@@ -501,7 +504,8 @@ def subject_score(period: Period, policy: Policy, inputs: Sequence[ScoreInput],
                        "missing_appraisal": composite.missing_appraisal if appraisal is None else None}
                       if composite else None),
         "vetoes": [{"reason": v.reason, "label": VETO_LABELS.get(v.reason, v.reason), "period": v.period,
-                    "detail": v.detail, "source": v.source} for v in applied],
+                    "detail": v.detail, "source": v.source, **({"veto_id": v.veto_id} if v.veto_id else {})}
+                   for v in applied],
         "grade": grade, "grade_before_veto": capped_from,
         "score": rounded(score),
     }

@@ -146,7 +146,10 @@ class Appraisal(Base):
 
 
 class Veto(Base):
-    """一票否决 entered through the API: a criticism notice or a media exposure."""
+    """一票否决 entered through the API: a criticism notice or a media exposure.
+
+    Never deleted: a revoked veto (an appeal upheld, a notice withdrawn) keeps its row,
+    marked with when, by whom and why, and no longer counts."""
     __tablename__ = "scoring_vetoes"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -158,6 +161,9 @@ class Veto(Base):
     note: Mapped[str | None] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LedgerFigures(Base):

@@ -25,7 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from services.plumbing.sqltime import as_utc
-from services.contracts.errors import UnknownReference
+from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.events import InvalidEvent
 from services.contracts.events.inspection import InspectionSubmitted
 from services.contracts.events.scoring import PolicyRef, ScoredSubject, ScorePublished
@@ -237,7 +237,7 @@ class Scorer:
         appraisal_in = (domain.AppraisalInput(appraisal.score * policy.scale / appraisal.scale,
                                               appraisal.appraised_by, appraisal.note) if appraisal else None)
         vetoes = [domain.VetoInput(v.reason, v.period, " · ".join(x for x in (v.issued_by, v.note, v.reference) if x),
-                                   "api")
+                                   "api", veto_id=v.id, revoked=v.revoked_at is not None)
                   for v in s.execute(select(Veto).where(Veto.subject_id == subject_id)
                                      .order_by(Veto.created_at, Veto.id)).scalars()]
         ids = [subject_id] + list(s.execute(select(SubjectAlias.alias).where(
@@ -525,10 +525,65 @@ def add_veto(session: Session, ctx: Context, subject_id: str, period_key: str, r
     scorer = Scorer(session, ctx, correlation_id=veto.id)
     scorer.refresh(subject.subject_id, domain.covering_periods(period))
     scorer.finish("veto")
-    return {"veto_id": veto.id, "subject_id": subject.subject_id, "period": period.key,
-            "period_kind": str(period.kind), "reason": reason, "label": domain.VETO_LABELS[reason],
-            "issued_by": issued_by, "note": note, "reference": reference, "created_at": veto.created_at,
-            "applies_to": [p.key for p in domain.covering_periods(period)]}
+    return veto_out(veto, subject)
+
+
+def veto_out(veto: Veto, subject: Subject | None = None) -> dict:
+    period = Period(PeriodKind(veto.period_kind), veto.period)
+    return {"veto_id": veto.id, "subject_id": veto.subject_id, "subject_name": subject.name if subject else None,
+            "period": veto.period, "period_kind": veto.period_kind, "reason": veto.reason,
+            "label": domain.VETO_LABELS.get(veto.reason, veto.reason), "issued_by": veto.issued_by,
+            "note": veto.note, "reference": veto.reference, "created_at": _aware(veto.created_at),
+            "applies_to": [p.key for p in domain.covering_periods(period)],
+            "revoked": veto.revoked_at is not None,
+            "revoked_at": _aware(veto.revoked_at) if veto.revoked_at else None,
+            "revoked_by": veto.revoked_by, "revoke_reason": veto.revoke_reason}
+
+
+def list_vetoes(session: Session, subject_id: str | None = None, period_key: str | None = None,
+                include_revoked: bool = False) -> list[dict]:
+    """Entered vetoes, oldest first: of one subject (its division code or an alias), those that
+    count in `period` (entered for it or for a shorter period inside it), revoked ones on request."""
+    stmt = select(Veto).order_by(Veto.created_at, Veto.id)
+    if subject_id is not None:
+        alias = session.get(SubjectAlias, subject_id)
+        stmt = stmt.where(Veto.subject_id == (alias.subject_id if alias else subject_id))
+    if not include_revoked:
+        stmt = stmt.where(Veto.revoked_at.is_(None))
+    period = domain.parse_period(period_key, "query.period") if period_key else None
+    subjects: dict[str, Subject | None] = {}
+    out = []
+    for veto in session.execute(stmt).scalars():
+        if period is not None and not domain.applies_to(Period(PeriodKind(veto.period_kind), veto.period), period):
+            continue
+        if veto.subject_id not in subjects:
+            subjects[veto.subject_id] = session.get(Subject, veto.subject_id)
+        out.append(veto_out(veto, subjects[veto.subject_id]))
+    return out
+
+
+def revoke_veto(session: Session, ctx: Context, veto_id: str, revoked_by: str, reason: str,
+                now: datetime | None = None) -> dict:
+    """Revoke an entered veto (申诉成立, 通报撤回): the row is kept and marked, the subject's
+    figures for the veto's period and every longer one containing it are recomputed, re-ranked
+    and published where they change. A second revocation is a conflict; nothing changes then."""
+    lock_scoring(session)
+    veto = session.get(Veto, veto_id, with_for_update=True)
+    if veto is None:
+        raise UnknownReference("veto_id", f"unknown veto {veto_id!r}")
+    if veto.revoked_at is not None:
+        raise StateConflict("veto_id", f"veto {veto_id} was already revoked at "
+                                       f"{_aware(veto.revoked_at).isoformat()} by {veto.revoked_by}")
+    veto.revoked_at, veto.revoked_by, veto.revoke_reason = now or _now(), revoked_by, reason
+    session.flush()
+    subject = session.get(Subject, veto.subject_id)
+    periods = domain.covering_periods(Period(PeriodKind(veto.period_kind), veto.period))
+    scorer = Scorer(session, ctx, correlation_id=f"veto-revoked:{veto.id}")
+    scorer.refresh(veto.subject_id, periods)
+    published = scorer.finish("veto_revoked")
+    figures = [score_row(session, veto.subject_id, p) for p in periods]
+    return {**veto_out(veto, subject), "published": published,
+            "period_scores": [figure_out(f) for f in figures if f is not None]}
 
 
 def add_appraisal(session: Session, ctx: Context, subject_id: str, period_key: str, score: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from services.contracts.nodes import Tier
 from services.contracts.periods import InvalidPeriod, Period, PeriodKind
@@ -53,6 +53,7 @@ class VetoIn(_In):
 class VetoOut(BaseModel):
     veto_id: str
     subject_id: str
+    subject_name: str | None = None
     period: str
     period_kind: PeriodKind
     reason: str
@@ -62,6 +63,35 @@ class VetoOut(BaseModel):
     reference: str | None
     created_at: datetime
     applies_to: list[str]
+    revoked: bool = Field(default=False, description="撤销 a revoked veto is kept on record but no longer counts")
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+
+
+class VetoQuery(_In):
+    subject_id: str | None = Field(default=None, min_length=1, max_length=64,
+                                   description="a child unit's division code, or the inspection service's subject id")
+    period: PeriodKey | None = Field(default=None, examples=["2026-11"],
+                                     description="vetoes that count in this period: entered for it or for a "
+                                                 "shorter period inside it (a month's vetoes are listed for its "
+                                                 "quarter, half year and year)")
+    include_revoked: bool = Field(default=False, description="also list revoked vetoes (kept on record)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:  # ?subject_id=&period= lists everything
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
+
+
+class VetoRevokeIn(_In):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{
+        "revoked_by": "浉河区爱卫办", "reason": "经复核，申诉成立，撤销浉爱卫〔2026〕15号通报批评"}]})
+    revoked_by: str = Field(min_length=1, max_length=100, examples=["浉河区爱卫办"])
+    reason: str = Field(min_length=1, max_length=2000, description="why: appeal upheld (申诉成立), notice withdrawn…",
+                        examples=["通报撤回"])
 
 
 class AppraisalIn(_In):
@@ -158,3 +188,9 @@ class PolicyOut(BaseModel):
 
 class RecomputeIn(_In):
     period: PeriodKey = Field(examples=["2026-11"])
+
+
+class VetoRevokedOut(VetoOut):
+    period_scores: list[FigureOut] = Field(
+        description="the subject's figures recomputed for the veto's period and every longer one containing it")
+    published: int = Field(description="score_published events staged by the recomputation")

@@ -26,7 +26,8 @@ from services.plumbing.providers import Identity
 from services.scoring import operations as ops
 from services.scoring.models import outbox as outbox_table, processed_events
 from services.scoring.schemas import (AppraisalIn, AppraisalOut, ExplainOut, HistoryOut, HistoryQuery, PolicyOut,
-                                      RankingOut, RankingQuery, RecomputeIn, VetoIn, VetoOut)
+                                      RankingOut, RankingQuery, RecomputeIn, VetoIn, VetoOut, VetoQuery,
+                                      VetoRevokedOut, VetoRevokeIn)
 from services.scoring.domain import Policy
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -138,6 +139,19 @@ class ScoringService(ops_endpoints.OpsEndpoints):
             result = ops.add_veto(session, self._ctx(), body.subject_id, body.period, body.reason,
                                   body.issued_by, body.note, body.reference)
         return VetoOut.model_validate(result)
+
+    @api("GET", "/vetoes", query=VetoQuery, response=list[VetoOut],
+         summary="一票否决清单 List vetoes (by subject, by the period they count in; revoked ones on request)")
+    def get_vetoes(self, request, query: VetoQuery):
+        return [VetoOut.model_validate(v) for v in ops.list_vetoes(self.db.session, query.subject_id, query.period,
+                                                                   query.include_revoked)]
+
+    @api("POST", "/vetoes/<veto_id>/revoke", body=VetoRevokeIn, response=VetoRevokedOut,
+         summary="撤销一票否决 Revoke a veto (appeal upheld, notice withdrawn): kept on record, scores recomputed")
+    def revoke_veto(self, request, veto_id, body: VetoRevokeIn):
+        with self.db.transaction() as session:
+            result = ops.revoke_veto(session, self._ctx(), veto_id, body.revoked_by, body.reason)
+        return VetoRevokedOut.model_validate(result)
 
     # --- policies ---
 

@@ -377,3 +377,104 @@ def test_overdue_condition_from_the_tasks_ledger_vetoes_and_lifts(stack):
     publish(stack["amqp_uri"], "tasks.events", ledger_event(ids[ZHOUJIASHAN], ZHOUJIASHAN, 1, "2026-11-22T08:00:00Z"))
     lifted = support.wait_until(lambda: month() if not month()["vetoed"] else None, message="veto lifted")
     assert lifted["grade"] == "优秀"
+
+
+def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
+    """通报批评 of a 先进 community, then revoked on appeal (申诉成立).
+
+    Worked by hand: 周家山 (96 + 94) / 2 = 95 → 优秀, rank 1; 飨堂 (92 + 90) / 2 = 91 → 先进, rank 2.
+    Vetoed, 飨堂 keeps 91 and rank 2 but is capped to 合格 in 2026-11, 2026-Q4, 2026-H2 and 2026;
+    revoked, it is 先进 again everywhere, each figure republished with a higher revision.
+    """
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    ids = register_communities(inspection)
+    for node, scores in ((ZHOUJIASHAN, (96, 94)), (XIANGTANG, (92, 90))):
+        for day, score in zip(("2026-11-02", "2026-11-09"), scores):
+            inspect(inspection, ids[node], day, score)
+    settled(scoring, "2026-11", 2, count=2)
+    longer = ("2026-11", "2026-Q4", "2026-H2", "2026")
+    figure = lambda period: scoring.get(f"/subjects/{XIANGTANG}/scores/{period}").json()  # noqa: E731
+    support.wait_until(lambda: all(figure(k).get("inputs") == 2 for k in longer), message="longer periods scored")
+    assert {k: figure(k)["grade"] for k in longer} == {k: "先进" for k in longer}
+    all_published(stack["database_url"], scores_tap)
+
+    veto = scoring.post("/vetoes", {"subject_id": ids[XIANGTANG], "period": "2026-11", "reason": "criticism",
+                                    "issued_by": "浉河区爱卫办", "note": "背街小巷垃圾堆积",
+                                    "reference": "浉爱卫〔2026〕15号"})
+    assert veto.status_code == 201, veto.text
+    veto_id = veto.json()["veto_id"]
+    capped = {k: figure(k) for k in longer}
+    for k, f in capped.items():
+        assert f["vetoed"] is True and f["grade"] == "合格" and f["score"] == 91.0, k
+        assert f["explain"]["vetoes"][0]["veto_id"] == veto_id
+    assert capped["2026-11"]["rank"] == 2
+    listed = scoring.get(f"/vetoes?subject_id={XIANGTANG}&period=2026-H2")
+    assert listed.status_code == 200, listed.text
+    [entry] = listed.json()
+    assert entry["veto_id"] == veto_id and entry["subject_id"] == XIANGTANG and entry["subject_name"] == "飨堂社区"
+    assert entry["issued_by"] == "浉河区爱卫办" and entry["reference"] == "浉爱卫〔2026〕15号"
+    assert entry["revoked"] is False and entry["revoked_at"] is None
+    assert scoring.get(f"/vetoes?subject_id={ZHOUJIASHAN}").json() == []
+    assert scoring.get("/vetoes?period=2026-10").json() == []
+    assert scoring.get("/vetoes?period=2026-13").status_code == 422
+
+    def published(period: str) -> dict | None:
+        events = [e["payload"] for e in scores_tap.drain() if e["payload"]["subject"]["subject_id"] == XIANGTANG
+                  and e["payload"]["period"] == period]
+        return max(events, key=lambda p: p["revision"]) if events else None
+
+    support.wait_until(lambda: all((published(k) or {}).get("vetoed") for k in longer), message="the veto published")
+    vetoed_revision = {k: published(k)["revision"] for k in longer}
+
+    # Refused requests name the field and change nothing.
+    all_published(stack["database_url"], scores_tap)
+    snapshot = scores_snapshot(stack["database_url"])
+
+    def refused(response, status):
+        assert response.status_code == status, response.text
+        return [e["field"] for e in response.json()["errors"]]
+
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "申诉成立"}), 422) == ["revoked_by"]
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办"}), 422) == ["reason"]
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办", "reason": "  "}),
+                   422) == ["reason"]
+    assert refused(scoring.post("/vetoes/00000000-0000-0000-0000-000000000000/revoke",
+                                {"revoked_by": "浉河区爱卫办", "reason": "申诉成立"}), 404) == ["veto_id"]
+    assert scores_snapshot(stack["database_url"]) == snapshot
+    assert all(figure(k)["vetoed"] for k in longer)
+
+    # Revoked: kept on record, no longer counts; the grade is restored and republished.
+    revoked = scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办",
+                                                         "reason": "经复核，申诉成立，撤销通报批评"})
+    assert revoked.status_code == 200, revoked.text
+    body = revoked.json()
+    assert body["revoked"] is True and body["revoked_by"] == "浉河区爱卫办" and body["revoked_at"]
+    assert {f["period"]: (f["grade"], f["vetoed"]) for f in body["period_scores"]} == {
+        k: ("先进", False) for k in longer}
+    for k in longer:
+        f = figure(k)
+        assert f["grade"] == "先进" and f["vetoed"] is False and f["veto_reasons"] == [] and f["score"] == 91.0
+        assert f["explain"]["vetoes"] == [] and f["revision"] > capped[k]["revision"]
+    assert by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]["rank"] == 2
+    support.wait_until(lambda: all(not (published(k) or {"vetoed": True})["vetoed"] for k in longer),
+                       message="the revocation published")
+    for k in longer:
+        event = published(k)
+        assert event["grade"] == "先进" and event["revision"] > vetoed_revision[k]
+
+    assert scoring.get(f"/vetoes?subject_id={XIANGTANG}").json() == []
+    [kept] = scoring.get(f"/vetoes?subject_id={XIANGTANG}&include_revoked=true").json()
+    assert kept["veto_id"] == veto_id and kept["revoked"] is True
+    assert kept["revoke_reason"] == "经复核，申诉成立，撤销通报批评" and kept["revoked_by"] == "浉河区爱卫办"
+
+    # Revoking twice is a conflict and changes nothing.
+    published_before = all_published(stack["database_url"], scores_tap)
+    snapshot = scores_snapshot(stack["database_url"])
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "市创卫办", "reason": "再次撤销"}),
+                   409) == ["veto_id"]
+    assert scores_snapshot(stack["database_url"]) == snapshot
+    assert all_published(stack["database_url"], scores_tap) == published_before
+    [kept] = scoring.get("/vetoes?include_revoked=true").json()
+    assert kept["revoked_by"] == "浉河区爱卫办"
+    assert "/vetoes/{veto_id}/revoke" in scoring.get("/openapi.json").json()["paths"]

@@ -211,6 +211,21 @@ def test_veto_keeps_the_score_but_caps_the_grade(street):
     assert not domain.subject_score(p("2026-10"), street, [inp(91, "2026-10-05")], vetoes=[veto]).vetoed
 
 
+def test_a_revoked_veto_no_longer_counts(street):
+    inputs = [inp(91, "2026-11-02"), inp(91, "2026-11-09")]
+    revoked = VetoInput("criticism", "2026-11", "区爱卫办通报", veto_id="v-1", revoked=True)
+    standing = VetoInput("media_exposure", "2026-11", "信阳日报曝光", veto_id="v-2")
+    for key in ("2026-11", "2026-Q4", "2026-H2", "2026"):
+        lifted = domain.subject_score(p(key), street, inputs, vetoes=[revoked])
+        assert not lifted.vetoed and lifted.grade == "先进" and lifted.explain["vetoes"] == []
+        assert lifted.explain["grade_before_veto"] is None
+    # With another veto still standing, only that one applies and is explained.
+    result = domain.subject_score(p("2026-11"), street, inputs, vetoes=[revoked, standing])
+    assert result.vetoed and result.grade == "合格"
+    assert [v["veto_id"] for v in result.explain["vetoes"]] == ["v-2"]
+    assert result.veto_reasons == ["媒体曝光（media_exposure）：信阳日报曝光"]
+
+
 def test_a_low_score_is_not_lifted_by_the_cap(street):
     result = domain.subject_score(p("2026-11"), street, [inp(50, "2026-11-02")],
                                   vetoes=[VetoInput("media_exposure", "2026-11")])

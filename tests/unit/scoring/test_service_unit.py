@@ -177,3 +177,118 @@ def test_child_stack_reports_roll_up_and_late_revisions_are_ignored():
     freshness = {f["child"]: f for f in district.get_child_freshness(None)}
     assert freshness["411502008000"]["events"] == 2 and freshness["411502001000"]["events"] == 1
     engine.dispose()
+
+
+# --- vetoes: listed and revoked --------------------------------------------------------------
+
+
+def scored_community(service, node="411502008001", scores=(96.0, 98.0)):
+    """A community with two November inspections (mean 97: 优秀), ranked."""
+    subject_id = str(uuid4())
+    for day, score in zip(("2026-11-02", "2026-11-09"), scores):
+        service.on_inspection_submitted(inspection_event(node, score, day, subject_id))
+    return subject_id
+
+
+def figure(service, node, period):
+    return service.explain_score(None, node, period)
+
+
+def test_a_revoked_veto_is_kept_listed_and_no_longer_counts(service):
+    from services.contracts.errors import StateConflict, UnknownReference
+    from services.scoring.models import Veto
+    from services.scoring.schemas import VetoIn, VetoQuery, VetoRevokeIn
+
+    node = "411502008001"
+    alias = scored_community(service)
+    entered = service.enter_veto(None, body=VetoIn(
+        subject_id=alias, period="2026-11", reason="criticism", issued_by="浉河区爱卫办",
+        note="背街小巷垃圾堆积", reference="浉爱卫〔2026〕15号"))
+    other = service.enter_veto(None, body=VetoIn(  # another subject's veto: untouched by the revocation
+        subject_id=scored_community(service, "411502008006", (80.0, 82.0)), period="2026-W45",
+        reason="media_exposure", issued_by="信阳日报"))
+    capped = {k: figure(service, node, k) for k in ("2026-11", "2026-Q4", "2026-H2", "2026")}
+    assert all(f.vetoed and f.grade == "合格" and f.score == 97.0 for f in capped.values())
+    assert not figure(service, node, "2026-W45").vetoed  # a month's veto does not reach into its weeks
+
+    listed = service.get_vetoes(None, query=VetoQuery(subject_id=alias))  # the inspection's subject id works
+    assert [v.veto_id for v in listed] == [entered.veto_id]
+    assert listed[0].subject_id == node and listed[0].issued_by == "浉河区爱卫办" and not listed[0].revoked
+    assert listed[0].reference == "浉爱卫〔2026〕15号" and listed[0].revoked_at is None
+    assert {v.veto_id for v in service.get_vetoes(None, query=VetoQuery())} == {entered.veto_id, other.veto_id}
+    assert [v.veto_id for v in service.get_vetoes(None, query=VetoQuery(period="2026-H2"))] == [
+        entered.veto_id, other.veto_id]  # both count in the half year
+    assert [v.veto_id for v in service.get_vetoes(None, query=VetoQuery(period="2026-W45"))] == [other.veto_id]
+    assert service.get_vetoes(None, query=VetoQuery(period="2026-10")) == []
+
+    service.outbox.events.clear()
+    revoked = service.revoke_veto(None, entered.veto_id, body=VetoRevokeIn(
+        revoked_by="浉河区爱卫办", reason="经复核，申诉成立"))
+    assert revoked.revoked and revoked.revoked_by == "浉河区爱卫办" and revoked.revoke_reason == "经复核，申诉成立"
+    assert revoked.revoked_at is not None
+    assert {f.period: f.grade for f in revoked.period_scores} == {
+        "2026-11": "优秀", "2026-Q4": "优秀", "2026-H2": "优秀", "2026": "优秀"}
+    republished = {e.period: e for e in service.outbox.events if e.subject.subject_id == node}
+    assert set(republished) == {"2026-11", "2026-Q4", "2026-H2", "2026"} and revoked.published >= 4
+    for key, event in republished.items():
+        assert not event.vetoed and event.grade == "优秀" and event.veto_reasons == []
+        assert event.score == 97.0 and event.revision == capped[key].revision + 1
+        after = figure(service, node, key)
+        assert not after.vetoed and after.explain["vetoes"] == [] and after.revision == event.revision
+    assert figure(service, "411502008006", "2026-11").vetoed  # the other veto still stands
+
+    # Kept on record: listed only on request, with who revoked it and why.
+    assert [v.veto_id for v in service.get_vetoes(None, query=VetoQuery(subject_id=node))] == []
+    [kept] = service.get_vetoes(None, query=VetoQuery(subject_id=node, include_revoked=True))
+    assert kept.veto_id == entered.veto_id and kept.revoked and kept.revoke_reason == "经复核，申诉成立"
+
+    # Refused requests change nothing.
+    service.outbox.events.clear()
+    with service.engine.connect() as conn:
+        before = conn.execute(select(Veto.id, Veto.revoked_at, Veto.revoked_by, Veto.revoke_reason)
+                              .order_by(Veto.id)).all()
+        scores_before = conn.execute(select(PeriodScore.subject_id, PeriodScore.period, PeriodScore.revision)
+                                     .order_by(PeriodScore.id)).all()
+    with pytest.raises(StateConflict) as conflict:
+        service.revoke_veto(None, entered.veto_id, body=VetoRevokeIn(revoked_by="市创卫办", reason="再次撤销"))
+    assert conflict.value.field == "veto_id" and "already revoked" in conflict.value.reason
+    with pytest.raises(UnknownReference) as unknown:
+        service.revoke_veto(None, str(uuid4()), body=VetoRevokeIn(revoked_by="市创卫办", reason="撤销"))
+    assert unknown.value.field == "veto_id"
+    assert service.outbox.events == []
+    with service.engine.connect() as conn:
+        assert conn.execute(select(Veto.id, Veto.revoked_at, Veto.revoked_by, Veto.revoke_reason)
+                            .order_by(Veto.id)).all() == before
+        assert conn.execute(select(PeriodScore.subject_id, PeriodScore.period, PeriodScore.revision)
+                            .order_by(PeriodScore.id)).all() == scores_before
+
+
+def test_revoking_one_of_two_vetoes_keeps_the_subject_vetoed(service):
+    from services.scoring.schemas import VetoIn, VetoRevokeIn
+    node = "411502008001"
+    scored_community(service)
+    first = service.enter_veto(None, body=VetoIn(subject_id=node, period="2026-11", reason="criticism",
+                                                 issued_by="浉河区爱卫办"))
+    service.enter_veto(None, body=VetoIn(subject_id=node, period="2026-Q4", reason="media_exposure",
+                                         issued_by="信阳日报"))
+    service.outbox.events.clear()
+    result = service.revoke_veto(None, first.veto_id, body=VetoRevokeIn(revoked_by="浉河区爱卫办", reason="通报撤回"))
+    grades = {f.period: (f.grade, f.vetoed) for f in result.period_scores}
+    # The month is free again; the quarter's own veto still counts in the quarter, half year and year.
+    assert grades == {"2026-11": ("优秀", False), "2026-Q4": ("合格", True), "2026-H2": ("合格", True),
+                      "2026": ("合格", True)}
+    quarter = figure(service, node, "2026-Q4")
+    assert [v["reason"] for v in quarter.explain["vetoes"]] == ["media_exposure"]
+    # The month changed grade; the longer periods' reasons changed (one veto fewer): all republished.
+    assert {e.period for e in service.outbox.events if e.subject.subject_id == node} == {
+        "2026-11", "2026-Q4", "2026-H2", "2026"}
+
+
+def test_revoke_body_needs_both_fields():
+    from pydantic import ValidationError
+    from services.scoring.schemas import VetoRevokeIn
+    for body, missing in (({"reason": "申诉成立"}, "revoked_by"), ({"revoked_by": "区爱卫办"}, "reason"),
+                          ({"revoked_by": "区爱卫办", "reason": "   "}, "reason")):
+        with pytest.raises(ValidationError) as exc:
+            VetoRevokeIn.model_validate(body)
+        assert [e["loc"][0] for e in exc.value.errors()] == [missing]
