@@ -11,7 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+def _root() -> Path:
+    """Where infra/ lives: $CHUANGWEI_HOME, the working directory, or this source checkout."""
+    for candidate in (os.environ.get("CHUANGWEI_HOME"), os.getcwd(), Path(__file__).resolve().parent.parent.parent):
+        if candidate and (Path(candidate) / "infra" / "nameko.yaml").exists():
+            return Path(candidate)
+    raise SystemExit("cannot find infra/nameko.yaml: run from the Chuangwei directory or set CHUANGWEI_HOME")
+
+
+ROOT = _root()
 ALL_SERVICES = ["inspection", "scoring", "tasks", "notify"]
 
 
