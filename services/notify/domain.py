@@ -46,13 +46,14 @@ class NoticeType(StrEnum):
     inspection = "inspection"        # 检查结果告知
     bulletin = "bulletin"            # 月度通报
     newsletter = "newsletter"        # 创卫简报
+    coordination = "coordination"    # 协调请求 (a child stack asks this tier to coordinate)
 
 
 NOTICE_LABELS = {
     NoticeType.rectification: "整改通知书", NoticeType.urge: "督办单", NoticeType.escalation: "上报协调函",
     NoticeType.verification: "复查结果通知", NoticeType.relapse: "反弹提醒", NoticeType.commendation: "通报表扬",
     NoticeType.criticism: "通报批评", NoticeType.inspection: "检查结果告知", NoticeType.bulletin: "月度通报",
-    NoticeType.newsletter: "创卫简报",
+    NoticeType.newsletter: "创卫简报", NoticeType.coordination: "协调请求",
 }
 
 
@@ -67,7 +68,8 @@ class Role(StrEnum):
 
 
 TRIGGERS = {"task_opened", "task_status_changed", "task_overdue", "task_escalated", "task_closed",
-            "task_relapsed", "score_published", "inspection_submitted", "bulletin_generated", "newsletter"}
+            "task_relapsed", "score_published", "inspection_submitted", "bulletin_generated", "newsletter",
+            "coordination_requested"}
 
 # Conditions a rule may put in `when`; each tests one fact of the event.
 CONDITIONS: dict[str, Callable[[Any, Any], bool]] = {

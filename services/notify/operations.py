@@ -19,8 +19,8 @@ from services.contracts.errors import RuleViolation, StateConflict, UnknownRefer
 from services.contracts.events import EventEnvelope
 from services.contracts.events.inspection import InspectionSubmitted
 from services.contracts.events.scoring import ScorePublished
-from services.contracts.events.tasks import (TaskClosed, TaskEscalated, TaskOpened, TaskOverdue, TaskRef,
-                                             TaskRelapsed, TaskStatusChanged)
+from services.contracts.events.tasks import (CoordinationRequested, TaskClosed, TaskEscalated, TaskOpened,
+                                             TaskOverdue, TaskRef, TaskRelapsed, TaskStatusChanged)
 from services.contracts.nodes import parent_of
 from services.contracts.periods import CST, InvalidPeriod, Period, PeriodKind
 from services.notify import metrics
@@ -349,6 +349,20 @@ def apply_task_event(session: Session, ctx: NotifyContext, envelope: EventEnvelo
     event = payload.model_dump(mode="json")
     return notify(session, ctx, envelope.event_type, str(envelope.event_id), envelope.event_type, facts,
                   {"event": event, "task": event["task"], **extra}, task.responsible.node, now)
+
+
+def apply_coordination_requested(session: Session, ctx: NotifyContext, envelope: EventEnvelope,
+                                 payload: CoordinationRequested, now: datetime | None = None) -> list[Notification]:
+    """A child stack escalated a task to this tier: tell this tier's office it owes an answer.
+
+    The task stays out of this tier's task projection (it is the child's ledger's task, and
+    the bulletin counts only this ledger's tasks); the rules are this stack's own.
+    """
+    facts = {**_task_facts(payload.task), "owner_node": payload.from_node, "from_node": payload.from_node}
+    event = payload.model_dump(mode="json")
+    context = {"event": event, "task": event["task"], "child": ctx.name_of(payload.from_node)}
+    return notify(session, ctx, "coordination_requested", str(envelope.event_id), envelope.event_type, facts,
+                  context, ctx.home, now)
 
 
 def apply_score_published(session: Session, ctx: NotifyContext, envelope: EventEnvelope, payload: ScorePublished,

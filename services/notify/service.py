@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from urllib.parse import quote
+
 from werkzeug.wrappers import Response
 
 from services.contracts.errors import RuleViolation
@@ -18,6 +20,7 @@ from services.notify import metrics
 from services.notify import operations as ops
 from services.notify.delivery import DeliveryWorker
 from services.notify.models import processed_events
+from services.notify.pdf import pdf_filename, render_bulletin_pdf
 from services.notify.schemas import (BulletinIn, BulletinOut, BulletinQuery, ContactIn, ContactOut, ContactQuery,
                                      DeadLetterOut, DeadLetterQuery, InboxAction, InboxQuery, NewsletterIn,
                                      NewsletterOut, NotificationOut, NotificationQuery, ReplayIn, RuleSetIn,
@@ -101,6 +104,10 @@ class NotifyService(ops_endpoints.OpsEndpoints):
     @reliable_event_handler("tasks", "task_relapsed")
     def on_task_relapsed(self, body):
         return self._consume(body, "task_relapsed", ops.apply_task_event)
+
+    @reliable_event_handler("tasks", "coordination_requested")
+    def on_coordination_requested(self, body):
+        return self._consume(body, "coordination_requested", ops.apply_coordination_requested)
 
     @reliable_event_handler("scoring", "score_published")
     def on_score_published(self, body):
@@ -247,6 +254,15 @@ class NotifyService(ops_endpoints.OpsEndpoints):
         b = ops.get_bulletin(self.db.session, bulletin_id)
         return Response(b.markdown, content_type="text/markdown; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="bulletin-{b.node}-{b.period}-r{b.revision}.md"'})
+
+    @api("GET", "/bulletins/<bulletin_id>/pdf", raw=True, summary="下载通报 (PDF)")
+    def bulletin_pdf(self, request, bulletin_id):
+        b = ops.get_bulletin(self.db.session, bulletin_id)
+        office = self.identity.name_of(b.node) or b.data.get("node_name") or b.node
+        body = render_bulletin_pdf(b.data, office, b.revision)
+        name = pdf_filename(b.node, b.period, b.revision)
+        return Response(body, content_type="application/pdf", headers={
+            "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''{quote(b.title + '.pdf')}"})
 
     @api("POST", "/newsletters", body=NewsletterIn, response=NewsletterOut, status=201,
          summary="发送创卫简报 Send a campaign newsletter by the newsletter rules")

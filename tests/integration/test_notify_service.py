@@ -7,6 +7,7 @@ import base64
 import contextlib
 import email
 import email.policy
+import io
 import json
 import re
 import subprocess
@@ -21,7 +22,8 @@ from sqlalchemy import create_engine, func, select
 from services.contracts.events import Producer, make_event
 from services.contracts.events.inspection import PlaceRef
 from services.contracts.events.scoring import PolicyRef, ScoredSubject, ScorePublished
-from services.contracts.events.tasks import (Responsible, TaskOpened, TaskOverdue, TaskRef, TaskRelapsed)
+from services.contracts.events.tasks import (CoordinationRequested, Responsible, TaskOpened, TaskOverdue, TaskRef,
+                                             TaskRelapsed)
 from services.contracts.periods import CST
 from services.notify.models import Notification, ScoreRow, TaskRow
 from services.notify.service import NotifyService
@@ -360,6 +362,17 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
     assert "丁社区&lt;东片&gt;" in html.text and "丁社区<东片>" not in html.text  # autoescaped
     assert html.text.index("丙社区") < html.text.index("甲社区") < html.text.index("乙社区（一票否决）")
 
+    # The same bulletin as a PDF (reportlab, CJK font STSong-Light): the ranking reads in order.
+    from pypdf import PdfReader
+    pdf = api.get(f"/bulletins/{bulletin['bulletin_id']}/pdf")
+    assert pdf.status_code == 200 and pdf.headers["Content-Type"] == "application/pdf"
+    assert pdf.headers["Content-Disposition"].startswith('attachment; filename="bulletin-411502008000-2026-11-r1.pdf"')
+    assert pdf.content.startswith(b"%PDF")
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert text.index("丙社区") < text.index("甲社区") < text.index("丁社区<东片>") < text.index("乙社区（一票否决）")
+    assert "戊社区（样本不足，不参加排名）" in text and "被区创卫办通报批评" in text
+    assert api.get("/bulletins/no-such-bulletin/pdf").status_code == 404
+
     # Kept: listed, and a second generation is a new revision.
     again = api.post("/bulletins", {"period": "2026-11"}).json()
     assert again["revision"] == 2
@@ -560,3 +573,44 @@ def test_two_instances_share_the_deliveries_and_send_each_once(start_notify):
     texts = sorted(re.search(r"问题\d\d", c["body"]["markdown"]["content"]).group(0) for c in http.records())
     assert texts == [f"问题{n:02d}" for n in range(30)]  # every notice once, none twice
     assert len(second["api"].get("/notifications", params={"limit": 100}).json()) == 30
+
+
+def test_a_child_coordination_request_reaches_this_office_once(notify_stack, rabbit_admin, vhost):
+    """A child stack escalated a task here (tasks publishes coordination_requested): this office
+    hears of it on every channel it registered, once, even when the broker redelivers."""
+    api, amqp, smtp, http = notify_stack["api"], notify_stack["amqp_uri"], notify_stack["smtp"], notify_stack["http"]
+    queue = "evt-tasks-coordination_requested--notify.on_coordination_requested"
+    support.wait_until(lambda: rabbit_admin.queue(vhost, queue), message=f"queue {queue}")
+    office = api.post("/contacts", {"owner_kind": "node", "owner_id": STREET, "node": STREET,
+                                    "name": "金牛山街道创卫办", "inbox_user": "jns.cwb", "email": "cwb@jns.example.cn",
+                                    "webhook_url": f"{notify_stack['bot']}/ok/jns", "webhook_format": "dingtalk"})
+    assert office.status_code == 201, office.text
+    child = TaskRef(
+        task_id="task-c1", inspection_id="insp-c1", inspecting_node=COMMUNITY, owner_node=COMMUNITY,
+        responsible=Responsible(subject_id="subj-wy", node=COMMUNITY, name="周家山小区物业"),
+        item_code="PT-05", item_text="化粪池无渗漏", category_code="PT", category_name="公厕", severity="critical",
+        deadline_at=datetime(2026, 11, 18, 18, tzinfo=CST), status="escalated")
+    requested = make_event(CoordinationRequested(task=child, from_node=COMMUNITY, reason="化粪池产权不清，社区无法协调",
+                                                 answer_due_at=datetime(2026, 11, 25, 18, tzinfo=CST),
+                                                 requested_at=datetime(2026, 11, 22, 18, tzinfo=CST)),
+                           TASKS, correlation_id="task-c1")
+    duplicates_before = consumed(api, "coordination_requested", "duplicate")
+    publish(amqp, "tasks", requested)
+
+    [mail] = support.wait_until(lambda: smtp.records(), message="an e-mail to this office")
+    [call] = support.wait_until(lambda: http.records(), message="a group-bot call")
+    [notice] = api.get("/inbox", params={"user": "jns.cwb"}).json()
+    assert notice["notice_type"] == "coordination" and notice["title"].startswith("协调请求：")
+    for text in (COMMUNITY, "化粪池产权不清，社区无法协调", "2026年11月25日 18:00", "化粪池无渗漏", "周家山小区物业"):
+        assert text in notice["body_markdown"]
+    assert mail["to"] == ["cwb@jns.example.cn"]
+    assert call["path"] == "/ok/jns" and "协调请求" in call["body"]["markdown"]["title"]
+
+    publish(amqp, "tasks", requested)
+    support.wait_until(lambda: consumed(api, "coordination_requested", "duplicate") == duplicates_before + 1,
+                       message="the redelivery recognised as a duplicate")
+    time.sleep(1.0)
+    assert len(smtp.records()) == 1 and len(http.records()) == 1
+    assert len(api.get("/inbox", params={"user": "jns.cwb"}).json()) == 1
+    sent = api.get("/notifications", params={"event_id": str(requested.event_id)}).json()
+    assert sorted(n["channel"] for n in sent) == ["email", "inbox", "webhook"]

@@ -144,3 +144,14 @@ class CoordinationAnswered(_Frozen):
     answer: str
     new_deadline_at: AwareDatetime | None = None
     answered_at: AwareDatetime
+
+
+@event_payload("coordination_requested", 1)
+class CoordinationRequested(_Frozen):
+    """A child stack escalated one of its tasks to this tier (上报协调), which now owes an
+    answer; published on the tasks service's own exchange when the request is opened or reopened."""
+    task: TaskRef
+    from_node: NodeCode = Field(description="the child stack whose ledger escalated the task")
+    reason: str
+    answer_due_at: AwareDatetime
+    requested_at: AwareDatetime = Field(description="when the child escalated the task")

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from services.contracts.events import InvalidEvent, Producer, make_event
-from services.contracts.events.tasks import Responsible, TaskOverdue, TaskRef
+from services.contracts.events.tasks import CoordinationRequested, Responsible, TaskOverdue, TaskRef
 from services.contracts.nodes import Tier
 from services.notify.models import Contact, Delivery, Notification, TaskRow
 from services.notify.service import MIGRATIONS, NotifyService
@@ -73,3 +73,51 @@ def test_a_malformed_event_is_poison(service):
     with pytest.raises(InvalidEvent):
         svc.on_task_overdue(overdue_event().to_message() | {"event_type": "task_opened"})
     assert counts(factory) == {"notify_notifications": 0, "notify_deliveries": 0, "notify_tasks": 0}
+
+
+def coordination_event():
+    task = TaskRef(task_id="task-9", inspection_id="insp-9", inspecting_node=COMMUNITY, owner_node=COMMUNITY,
+                   responsible=Responsible(subject_id="subj-9", node=COMMUNITY, name="周家山小区物业"),
+                   item_code="PT-05", item_text="化粪池无渗漏", category_code="PT", category_name="公厕",
+                   severity="critical", deadline_at=datetime(2026, 11, 18, tzinfo=timezone.utc), status="escalated")
+    return make_event(CoordinationRequested(task=task, from_node=COMMUNITY, reason="化粪池产权不清，社区无法协调",
+                                            answer_due_at=datetime(2026, 11, 25, 10, tzinfo=timezone.utc),
+                                            requested_at=datetime(2026, 11, 22, 10, tzinfo=timezone.utc)),
+                      Producer(node=STREET, service="tasks"), correlation_id="task-9")
+
+
+def test_a_coordination_request_tells_this_office_once(service):
+    svc, factory = service
+    with factory.begin() as session:
+        now = datetime.now(timezone.utc)
+        session.add(Contact(id="office", owner_kind="node", owner_id=STREET, node=STREET, name="金牛山街道创卫办",
+                            inbox_user="jns.cwb", email="cwb@jns.example.cn", webhook_url="http://127.0.0.1:9/bot",
+                            webhook_format="wecom", active=True, created_at=now, updated_at=now))
+    event = coordination_event().to_message()
+    assert svc.on_coordination_requested(event) == "processed"
+    # This office by inbox, e-mail and webhook; the child's task stays out of this tier's projection.
+    assert counts(factory) == {"notify_notifications": 3, "notify_deliveries": 2, "notify_tasks": 0}
+    with factory() as session:
+        inbox = session.execute(select(Notification).where(Notification.channel == "inbox")).scalar_one()
+        assert (inbox.inbox_user, inbox.notice_type, inbox.rule_id) == (
+            "jns.cwb", "coordination", "coordination-request")
+        assert inbox.title == "协调请求：411502008001 周家山小区物业 化粪池无渗漏"
+        for text in ("411502008001", "化粪池产权不清，社区无法协调", "2026年11月25日 18:00", "化粪池无渗漏"):
+            assert text in inbox.body_markdown
+    # Redelivered: recognised, nothing new.
+    assert svc.on_coordination_requested(event) == DUPLICATE
+    assert counts(factory) == {"notify_notifications": 3, "notify_deliveries": 2, "notify_tasks": 0}
+
+
+def test_the_bulletin_downloads_as_a_pdf(service):
+    from services.notify import operations as ops
+    svc, factory = service
+    with factory.begin() as session:
+        bulletin = ops.generate_bulletin(session, svc._ctx(), "2026-11", send=False,
+                                         now=datetime(2026, 12, 1, tzinfo=timezone.utc))
+    response = svc.bulletin_pdf(None, bulletin.id)
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith(f'attachment; filename="bulletin-{STREET}-2026-11-r1.pdf"')
+    assert "filename*=UTF-8''" in disposition
+    assert response.get_data().startswith(b"%PDF")

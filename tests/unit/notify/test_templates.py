@@ -26,6 +26,11 @@ CONTEXTS = {
                             "task": TASK},
     NoticeType.verification: {"event": {"task": TASK, "on_time": True}, "task": TASK, "passed": True},
     NoticeType.relapse: {"event": {"task": TASK, "closed_at": "2026-10-10T10:00:00+00:00"}, "task": TASK},
+    NoticeType.coordination: {"event": {"task": {**TASK, "status": "escalated"}, "from_node": "411502008000",
+                                        "reason": "化粪池产权不清，社区无法协调",
+                                        "answer_due_at": "2026-11-25T10:00:00+00:00",
+                                        "requested_at": "2026-11-22T10:00:00+00:00"},
+                              "task": {**TASK, "status": "escalated"}, "child": "金牛山街道"},
     NoticeType.commendation: {"event": SCORE},
     NoticeType.criticism: {"event": SCORE},
     NoticeType.inspection: {"event": {"subject": SCORE["subject"], "kind": "unannounced", "score": 88, "scale": 100,
@@ -93,3 +98,11 @@ def test_the_sandbox_refuses_unsafe_attribute_access():
     db = {"urge.md": "{{ task.__class__.__mro__ }}"}
     with pytest.raises(SecurityError):
         Templates().render("urge", {**BASE, **CONTEXTS[NoticeType.urge]}, [], db)
+
+
+def test_coordination_notice_names_the_child_the_task_the_reason_and_the_due_time():
+    rendered = Templates().render("coordination", {**BASE, **CONTEXTS[NoticeType.coordination]})
+    assert rendered.title == "协调请求：金牛山街道 周家山社区<script> 便池干净"
+    for text in ("金牛山街道（411502008000）", "化粪池产权不清，社区无法协调", "2026年11月25日 18:00", "周家山路公厕"):
+        assert text in rendered.markdown and text in rendered.html
+    assert "<script>" not in rendered.html and "已上报协调" in rendered.html

@@ -166,3 +166,72 @@ def test_an_escalation_goes_up_to_the_parent_stack_and_its_answer_comes_back_dow
     assert task.status == "in_progress" and task.deadline_at == new_deadline
     assert task.history[-1].actor == "区爱卫办李明" and "已协调环卫所清掏" in task.history[-1].reason
     assert street.on_coordination_answered(answer) == DUPLICATE
+
+
+def staged(svc, event_type):
+    """Rows the tasks outbox holds for the relay (what the Outbox provider stages)."""
+    from services.tasks.models import outbox as outbox_table
+    rows = svc.db.session.execute(select(outbox_table).where(outbox_table.c.event_type == event_type)).all()
+    return [r._asdict() for r in rows]
+
+
+def test_a_coordination_request_is_published_locally_once_per_opening():
+    from services.contracts.events import Producer, make_event, parse_event
+    from services.tasks.schemas import AnswerIn
+    street = stack("411502008000", Tier.street)
+    district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
+    [tid, *_] = street.on_inspection_submitted(sample_event())
+    street.clock.at = NOW + timedelta(days=30)
+    street.run_sweep(MagicMock())
+    [(_, escalated)] = [r for r in relay(street.outbox, "chuangwei.up", "task_escalated")
+                        if r[1]["payload"]["task"]["task_id"] == tid]
+
+    assert district.on_child_task_escalated(escalated) == tid
+    [row] = staged(district, "coordination_requested")
+    assert (row["exchange"], row["routing_key"]) == ("tasks.events", "coordination_requested")
+    envelope, requested = parse_event(row["body"], "coordination_requested")
+    assert envelope.producer.node == "411502000000" and envelope.correlation_id == tid
+    assert requested.task.task_id == tid and requested.from_node == "411502008000"
+    assert requested.reason == escalated["payload"]["reason"]
+    assert requested.answer_due_at.isoformat() == escalated["payload"]["answer_due_at"].replace("Z", "+00:00")
+    assert requested.requested_at == datetime.fromisoformat(escalated["payload"]["at"].replace("Z", "+00:00"))
+
+    # The same event redelivered, or another copy of the same escalation: nothing new is staged.
+    assert district.on_child_task_escalated(escalated) == DUPLICATE
+    _, payload = parse_event(escalated, "task_escalated")
+    copy = make_event(payload, Producer(node="411502008000", service="tasks")).to_message()
+    assert district.on_child_task_escalated(copy) == tid
+    assert len(staged(district, "coordination_requested")) == 1
+    [request] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    assert request.status == "open"
+
+    # Answered, then the late copy does not reopen it; a later escalation does, and is published again.
+    district.answer_coordination(MagicMock(), tid, body=AnswerIn(actor="区爱卫办李明", role="coordinator",
+                                                                  note="已协调环卫所清掏"))
+    late = make_event(payload, Producer(node="411502008000", service="tasks")).to_message()
+    district.on_child_task_escalated(late)
+    assert district.list_coordination(MagicMock(), query=MagicMock(status="open")) == []
+    again = payload.model_copy(update={"at": payload.at + timedelta(days=5),
+                                       "answer_due_at": payload.answer_due_at + timedelta(days=5)})
+    assert district.on_child_task_escalated(make_event(again, Producer(node="411502008000", service="tasks"))
+                                            .to_message()) == tid
+    assert len(staged(district, "coordination_requested")) == 2
+    [reopened] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    assert reopened.task_id == tid
+
+
+def test_record_coordination_request_stages_through_the_given_outbox(engine):
+    from services.contracts.events.tasks import TaskEscalated
+    from services.tasks import operations as ops
+    body = json.loads((SAMPLE.parent / "task_escalated.v1.json").read_text(encoding="utf-8"))
+    escalated = TaskEscalated.model_validate(body["payload"])
+    outbox = RecordingOutbox()
+    with sessionmaker(bind=engine)() as session:
+        assert ops.record_coordination_request(session, escalated, "411502000000", NOW, outbox=outbox) is not None
+        assert ops.record_coordination_request(session, escalated, "411502000000", NOW, outbox=outbox) is not None
+        assert ops.record_coordination_request(session, escalated, "411502008000", NOW, outbox=outbox) is None
+    [event] = outbox.of("coordination_requested")
+    assert event.task == escalated.task and event.from_node == escalated.task.owner_node
+    assert (event.reason, event.answer_due_at, event.requested_at) == (escalated.reason, escalated.answer_due_at,
+                                                                       escalated.at)
+    assert outbox.tiers == []  # a local event: this stack's own exchange
