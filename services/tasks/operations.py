@@ -20,7 +20,6 @@ from services.plumbing.sqltime import as_utc
 from services.contracts.errors import PermissionDenied, StateConflict, UnknownReference
 from services.contracts.nodes import is_within
 from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
-from services.contracts.events import Producer, make_event
 from services.contracts.events.inspection import Evidence, InspectionSubmitted, PlaceRef
 from services.contracts.events.tasks import (CoordinationAnswered, CoordinationRequested, LedgerFiguresUpdated,
                                              Light, Responsible, TaskClosed, TaskDelegated, TaskEscalated, TaskOpened,
@@ -365,32 +364,14 @@ def coordination_out(req: CoordinationRequest, now: datetime) -> CoordinationOut
         new_deadline_at=_aware(req.new_deadline_at), answered_at=_aware(req.answered_at))
 
 
-class _StagingOutbox:
-    """Stages events in the tasks outbox table exactly as the Outbox provider's worker
-    outbox does (same table, exchange, routing key and envelope), for a caller that has no
-    worker outbox at hand; the relay publishes the rows after commit."""
-
-    def __init__(self, home: str):
-        self.producer = Producer(node=home, service="tasks")
-
-    def add(self, session: Session, payload, correlation_id: str | None = None, **kw):
-        from services.tasks.models import outbox as outbox_table
-        envelope = make_event(payload, self.producer, correlation_id=correlation_id)
-        session.execute(outbox_table.insert().values(
-            event_id=str(envelope.event_id), event_type=envelope.event_type, exchange="tasks.events",
-            routing_key=envelope.event_type, body=envelope.to_message(), created_at=envelope.occurred_at,
-            attempts=0))
-        return envelope
-
-
 def record_coordination_request(session: Session, escalated: TaskEscalated, home: str,
-                                now: datetime, outbox: OutboxLike | None = None) -> CoordinationRequest | None:
+                                now: datetime, outbox: OutboxLike) -> CoordinationRequest | None:
     """A child stack's ledger asks this tier to coordinate (上报协调); this tier owes an answer.
 
     A request newly opened or reopened (a later escalation of the same task) is published
     locally as `coordination_requested` in the same transaction, so this tier's office is
     told (notify); a copy of an escalation already recorded changes nothing and publishes
-    nothing. Without a worker outbox the event is staged straight into the tasks outbox.
+    nothing.
     """
     if escalated.to_node != home:
         return None  # addressed to another tier
@@ -403,7 +384,7 @@ def record_coordination_request(session: Session, escalated: TaskEscalated, home
     req.from_node, req.task = escalated.task.owner_node, escalated.task.model_dump(mode="json")
     req.reason, req.escalated_at, req.answer_due_at = escalated.reason, escalated.at, escalated.answer_due_at
     req.status, req.answered_by, req.answer, req.new_deadline_at, req.answered_at = "open", None, None, None, None
-    (outbox or _StagingOutbox(home)).add(
+    outbox.add(
         session, CoordinationRequested(task=escalated.task, from_node=escalated.task.owner_node,
                                        reason=escalated.reason, answer_due_at=escalated.answer_due_at,
                                        requested_at=escalated.at),

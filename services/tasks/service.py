@@ -104,7 +104,8 @@ class TasksService(ops_endpoints.OpsEndpoints):
             if not claim_event(session, processed_events, envelope.event_id, "tasks.on_child_task_escalated",
                                envelope.event_type):
                 return DUPLICATE
-            request = ops.record_coordination_request(session, escalated, self.identity.home, self.clock.now())
+            request = ops.record_coordination_request(session, escalated, self.identity.home, self.clock.now(),
+                                                      self.outbox)
         return request.task_id if request else None
 
     @reliable_event_handler("tier", "coordination_answered", exchange=PARENT_EXCHANGE,

@@ -30,8 +30,10 @@ class RecordingOutbox:
     def __init__(self):
         self.events = []   # on this stack's own exchange
         self.tiers = []    # (exchange, routing key, payload) for the tier exchanges
+        self.records = []  # (payload, correlation id, exchange, routing key) of every add
 
     def add(self, session, payload, correlation_id=None, exchange=None, routing_key=None, **kw):
+        self.records.append((payload, correlation_id, exchange, routing_key))
         if exchange:
             self.tiers.append((exchange, routing_key, payload))
         else:
@@ -169,10 +171,12 @@ def test_an_escalation_goes_up_to_the_parent_stack_and_its_answer_comes_back_dow
 
 
 def staged(svc, event_type):
-    """Rows the tasks outbox holds for the relay (what the Outbox provider stages)."""
-    from services.tasks.models import outbox as outbox_table
-    rows = svc.db.session.execute(select(outbox_table).where(outbox_table.c.event_type == event_type)).all()
-    return [r._asdict() for r in rows]
+    """What the service staged in its outbox, as the relay would publish it."""
+    from services.contracts.events import Producer, make_event
+    producer = Producer(node=svc.identity.home, service="tasks")
+    return [{"exchange": exchange or "tasks.events", "routing_key": key or payload.EVENT_TYPE,
+             "body": make_event(payload, producer, correlation_id=correlation_id).to_message()}
+            for payload, correlation_id, exchange, key in svc.outbox.records if payload.EVENT_TYPE == event_type]
 
 
 def test_a_coordination_request_is_published_locally_once_per_opening():
