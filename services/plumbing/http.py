@@ -16,10 +16,10 @@ from typing import Any, Type
 from nameko.exceptions import BadRequest as NamekoBadRequest
 from nameko.constants import WEB_SERVER_CONFIG_KEY
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, parse_address
+from nameko.web.server import WebServer, WsgiApp, parse_address
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 from services.contracts.checklists import ChecklistLookupError
 from services.contracts.errors import DomainError, UnknownReference
@@ -113,6 +113,24 @@ class ApiRoute:
 ROUTES: dict[tuple[str, str, str], ApiRoute] = {}
 
 
+class JsonWsgiApp(WsgiApp):
+    """nameko's WSGI app, but an unknown path or method gets the same JSON error as the rest."""
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+            request.path_values = values
+            response = provider.handle_request(request)
+        except HTTPException as exc:
+            response = error_response(exc.code or 400, "not_found" if exc.code == 404 else "http_error",
+                                      f"{request.method} {request.path}: {exc.name}")
+            if exc.code == 405 and getattr(exc, "valid_methods", None):
+                response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response(environ, start_response)
+
+
 class ServiceWebServer(WebServer):
     """Each service listens on its own address, so several services can share a process.
 
@@ -120,6 +138,9 @@ class ServiceWebServer(WebServer):
     `nameko run` would both bind WEB_SERVER_ADDRESS (with SO_REUSEPORT) and split the
     requests between two URL maps. WEB_ADDRESSES maps a service name to its address.
     """
+
+    def get_wsgi_app(self):
+        return JsonWsgiApp(self)
 
     @property
     def bind_addr(self):

@@ -148,6 +148,15 @@ def test_bad_input_is_refused_with_the_field_and_stores_nothing(inspection_stack
     assert counts(inspection_stack["database_url"]) == (0, 0)
 
 
+def test_unknown_paths_and_methods_get_json_errors(inspection_stack):
+    api = inspection_stack["api"]
+    missing = api.get("/no-such-thing")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong_method = api.request("DELETE", "/inspections")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "http_error"
+    assert "POST" in wrong_method.headers["Allow"]
+
+
 def test_malformed_and_oversize_bodies(inspection_stack):
     api = inspection_stack["api"]
     malformed = api.request("POST", "/inspections", data=b'{"kind": "routine",',
