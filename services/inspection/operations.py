@@ -18,7 +18,6 @@ from services.contracts.checklists import Catalogue, ChecklistLookupError
 from services.contracts.events.inspection import (ChecklistRef, Evidence, Finding, GeoPoint,
                                                   InspectionSubmitted, PlaceRef, SubjectRef)
 from services.contracts.nodes import is_within, NodeTree
-from services.inspection import metrics
 from services.inspection.domain import InspectionRuleViolation, check_inspected_at, score_results
 from services.inspection.models import Inspection, ItemResult, Place, Subject
 from services.inspection.schemas import (InspectionIn, InspectionOut, ItemResultOut, ListQuery, NodeQuery,
@@ -230,8 +229,6 @@ def _submit(session: Session, insp: Inspection, subject: Subject, place: Place |
         scale=sheet.scale, points_available=sheet.points_available, points_deducted=sheet.points_deducted,
         findings=findings)
     outbox.add(session, event, correlation_id=insp.id)
-    metrics.INSPECTIONS_SUBMITTED.labels(insp.kind).inc()
-    metrics.INSPECTION_SCORES.labels(insp.checklist_code).observe(sheet.score)
 
 
 def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue, jurisdiction: Jurisdiction,

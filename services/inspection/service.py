@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nameko.rpc import rpc
 
-from services.inspection import operations as ops
+from services.inspection import metrics, operations as ops
 from services.inspection.models import outbox as outbox_table
 from services.inspection.schemas import (InspectionIn, InspectionOut, ListQuery, NodeQuery, PlaceCreate, PlaceOut,
                                          PlaceQuery, SubjectCreate, SubjectOut)
@@ -30,6 +30,13 @@ class InspectionService(ops_endpoints.OpsEndpoints):
     outbox = Outbox(outbox_table)
     identity = Identity()
     catalogue = CatalogueProvider()
+
+    @staticmethod
+    def _count_submitted(inspection: InspectionOut) -> InspectionOut:
+        # Counted after the commit: a rolled-back submission is not a submission.
+        metrics.INSPECTIONS_SUBMITTED.labels(inspection.kind).inc()
+        metrics.INSPECTION_SCORES.labels(inspection.checklist.code).observe(inspection.score)
+        return inspection
 
     def _jurisdiction(self) -> ops.Jurisdiction:
         return ops.Jurisdiction(self.identity.home, self.identity.tree)
@@ -92,20 +99,24 @@ class InspectionService(ops_endpoints.OpsEndpoints):
         with self.db.transaction() as session:
             result, created = ops.record_inspection(session, body, self.catalogue, self._jurisdiction(),
                                                     self.outbox, self._scale)
+        if created and result.status == "submitted":
+            self._count_submitted(result)
         return (201 if created else 200), result
 
     @api("PUT", "/inspections/<inspection_id>", body=InspectionIn, response=InspectionOut,
          summary="修改草稿 Replace a draft inspection (submit=true submits it)")
     def update_draft(self, request, inspection_id, body: InspectionIn):
         with self.db.transaction() as session:
-            return ops.update_draft(session, inspection_id, body, self.catalogue, self._jurisdiction(),
-                                    self.outbox, self._scale)
+            result = ops.update_draft(session, inspection_id, body, self.catalogue, self._jurisdiction(),
+                                      self.outbox, self._scale)
+        return self._count_submitted(result) if result.status == "submitted" else result
 
     @api("POST", "/inspections/<inspection_id>/submit", response=InspectionOut,
          summary="提交草稿 Submit a draft: score it and publish inspection_submitted")
     def submit_draft(self, request, inspection_id):
         with self.db.transaction() as session:
-            return ops.submit_draft(session, inspection_id, self.catalogue, self._jurisdiction(), self.outbox)
+            result = ops.submit_draft(session, inspection_id, self.catalogue, self._jurisdiction(), self.outbox)
+        return self._count_submitted(result)
 
     @api("GET", "/inspections", query=ListQuery, response=list[InspectionOut], summary="检查记录 List inspections")
     def list_inspections(self, request, query: ListQuery):
@@ -125,6 +136,8 @@ class InspectionService(ops_endpoints.OpsEndpoints):
     def submit_inspection(self, data: dict) -> dict:
         body = InspectionIn.model_validate(data)
         with self.db.transaction() as session:
-            result, _ = ops.record_inspection(session, body, self.catalogue, self._jurisdiction(),
-                                              self.outbox, self._scale)
+            result, created = ops.record_inspection(session, body, self.catalogue, self._jurisdiction(),
+                                                    self.outbox, self._scale)
+        if created and result.status == "submitted":
+            self._count_submitted(result)
         return result.model_dump(mode="json")
