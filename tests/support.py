@@ -6,7 +6,6 @@ fixtures fail loudly (they never skip).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

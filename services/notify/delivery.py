@@ -17,7 +17,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import eventlet
-import requests
 from eventlet.event import Event
 from eventlet.greenpool import GreenPool
 from nameko.extensions import DependencyProvider

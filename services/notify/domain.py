@@ -15,7 +15,7 @@ A rule set is a document (YAML by default, per node in the database once replace
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path

@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from services.contracts.nodes import NodeCode
-from services.notify.domain import WEBHOOK_FORMATS
 
 
 class _In(BaseModel):

@@ -14,7 +14,6 @@ from urllib.parse import quote
 from werkzeug.wrappers import Response
 
 from services.contracts.errors import RuleViolation
-from services.contracts.events import parse_event
 from services.contracts.nodes import InvalidNodeCode, is_within, normalize_code
 from services.notify import metrics
 from services.notify import operations as ops
@@ -27,10 +26,10 @@ from services.notify.schemas import (BulletinIn, BulletinOut, BulletinQuery, Con
                                      RuleSetOut, TemplateIn, TemplateOut)
 from services.notify.templates import TEMPLATE_NAMES, Templates
 from services.plumbing import ops as ops_endpoints
-from services.plumbing.consumer import DUPLICATE, reliable_event_handler
+from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api
-from services.plumbing.idempotency import claim_event
+from services.plumbing.idempotency import apply_once
 from services.plumbing.providers import Identity
 from services.plumbing.timers import ConfigurableTimer
 
@@ -72,14 +71,13 @@ class NotifyService(ops_endpoints.OpsEndpoints):
     # --- consuming events (never rename these: each names a durable queue) ---
 
     def _consume(self, body, event_type: str, apply):
-        envelope, payload = parse_event(body, event_type)
-        with self.db.transaction() as session:
-            # A duplicate handled at the same moment (another instance) waits here, then sees the claim.
-            ops.lock_key(session, f"notify-event:{envelope.event_id}")
-            if not claim_event(session, processed_events, envelope.event_id, f"notify.on_{event_type}", event_type):
-                return DUPLICATE
+        def applied(session, envelope, payload):
             apply(session, self._ctx(), envelope, payload)
-        return "processed"
+            return "processed"
+        # A duplicate handled at the same moment (another instance) waits on the lock, then sees the claim.
+        return apply_once(self.db, processed_events, body, event_type, f"notify.on_{event_type}", applied,
+                          before_claim=lambda session, envelope: ops.lock_key(session,
+                                                                              f"notify-event:{envelope.event_id}"))
 
     @reliable_event_handler("tasks", "task_opened")
     def on_task_opened(self, body):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError, InterfaceError, DisconnectionError
 
 from services.contracts.events import InvalidEvent
 from services.plumbing import metrics
+from services.plumbing.idempotency import DUPLICATE  # noqa: F401  (re-exported for handlers)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,5 @@ class ReliableEventHandler(EventHandler):
         if message.channel.connection:
             message.reject(requeue=False)
 
-
-DUPLICATE = "duplicate"
-"""Return this from a handler that recognised an already-processed event."""
 
 reliable_event_handler = ReliableEventHandler.decorator

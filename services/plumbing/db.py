@@ -7,7 +7,6 @@ migrations run at container setup unless DB_AUTO_MIGRATE is false.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path

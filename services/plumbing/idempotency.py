@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table
 from sqlalchemy.orm import Session
+
+from services.contracts.events import EventEnvelope, parse_event
+
+DUPLICATE = "duplicate"
+"""What a consumer returns for an event it had already processed."""
 
 
 def make_processed_events_table(metadata: MetaData, prefix: str) -> Table:
@@ -36,3 +42,21 @@ def claim_event(session: Session, table: Table, event_id, consumer: str, event_t
         raise RuntimeError(f"claim_event does not support {dialect}")
     result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
     return result.rowcount == 1
+
+
+def apply_once(db, processed: Table, body: Any, event_type: str, consumer: str,
+               apply: Callable[[Session, EventEnvelope, Any], Any],
+               before_claim: Callable[[Session, EventEnvelope], None] | None = None) -> Any:
+    """Every consumer's shape: parse the message (a malformed one raises InvalidEvent and is
+    dead-lettered), then in one transaction claim its event id and apply it.
+
+    `db` is the worker's database (`self.db`); `before_claim` may take a lock first (e.g.
+    one serialising a service's recomputations). Returns `apply`'s result, or DUPLICATE.
+    """
+    envelope, payload = parse_event(body, event_type)
+    with db.transaction() as session:
+        if before_claim is not None:
+            before_claim(session, envelope)
+        if not claim_event(session, processed, envelope.event_id, consumer, envelope.event_type):
+            return DUPLICATE
+        return apply(session, envelope, payload)

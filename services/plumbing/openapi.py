@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, get_origin
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema

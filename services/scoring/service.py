@@ -14,13 +14,12 @@ from pathlib import Path
 from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import Session
 
-from services.contracts.events import parse_event
 from services.contracts.tiers import CHILDREN_EXCHANGE
 from services.plumbing import ops as ops_endpoints
-from services.plumbing.consumer import DUPLICATE, reliable_event_handler
+from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api
-from services.plumbing.idempotency import claim_event
+from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import Identity
 from services.scoring import operations as ops
@@ -65,37 +64,30 @@ class ScoringService(ops_endpoints.OpsEndpoints):
 
     # --- events ---
 
+    def _apply_once(self, body, event_type: str, consumer: str, apply):
+        # One scorer at a time per stack: rankings are recomputed from shared rows.
+        return apply_once(self.db, processed_events, body, event_type, f"scoring.{consumer}", apply,
+                          before_claim=lambda session, _: ops.lock_scoring(session))
+
     @reliable_event_handler("inspection", "inspection_submitted")
     def on_inspection_submitted(self, body):
-        envelope, payload = parse_event(body, "inspection_submitted")
-        with self.db.transaction() as session:
-            ops.lock_scoring(session)
-            if not claim_event(session, processed_events, envelope.event_id, "scoring.on_inspection_submitted",
-                               envelope.event_type):
-                return DUPLICATE
-            return ops.apply_inspection(session, self._ctx(), str(envelope.event_id), payload)
+        return self._apply_once(body, "inspection_submitted", "on_inspection_submitted",
+                                lambda session, envelope, payload: ops.apply_inspection(
+                                    session, self._ctx(), str(envelope.event_id), payload))
 
     @reliable_event_handler("tasks", "ledger_figures_updated")
     def on_ledger_figures_updated(self, body):
-        envelope, payload = parse_event(body, "ledger_figures_updated")
-        with self.db.transaction() as session:
-            ops.lock_scoring(session)
-            if not claim_event(session, processed_events, envelope.event_id, "scoring.on_ledger_figures_updated",
-                               envelope.event_type):
-                return DUPLICATE
-            return ops.apply_ledger_figures(session, self._ctx(), str(envelope.event_id), payload)
+        return self._apply_once(body, "ledger_figures_updated", "on_ledger_figures_updated",
+                                lambda session, envelope, payload: ops.apply_ledger_figures(
+                                    session, self._ctx(), str(envelope.event_id), payload))
 
     # --- tiers: child stacks' aggregates, over federation ---
 
     @reliable_event_handler("tier", "score_published", exchange=CHILDREN_EXCHANGE, routing_key="score_published.#")
     def on_child_score_published(self, body):
-        envelope, payload = parse_event(body, "score_published")
-        with self.db.transaction() as session:
-            ops.lock_scoring(session)
-            if not claim_event(session, processed_events, envelope.event_id, "scoring.on_child_score_published",
-                               envelope.event_type):
-                return DUPLICATE
-            return ops.apply_child_report(session, self._ctx(), envelope.occurred_at, payload)
+        return self._apply_once(body, "score_published", "on_child_score_published",
+                                lambda session, envelope, payload: ops.apply_child_report(
+                                    session, self._ctx(), envelope.occurred_at, payload))
 
     @api("GET", "/children/freshness",
          summary="下级上报时效 When this tier last heard from each child stack")

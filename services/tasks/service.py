@@ -21,15 +21,14 @@ from pathlib import Path
 from nameko.rpc import rpc
 from werkzeug.wrappers import Response
 
-from services.contracts.events import parse_event
 from services.contracts.tiers import CHILDREN_EXCHANGE, PARENT_EXCHANGE, subtree_binding
 from services.plumbing.config import home_node
 from services.plumbing import ops as ops_endpoints
 from services.plumbing.clock import Clock
-from services.plumbing.consumer import DUPLICATE, reliable_event_handler
+from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api
-from services.plumbing.idempotency import claim_event
+from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.providers import Identity
@@ -59,68 +58,65 @@ class TasksService(ops_endpoints.OpsEndpoints):
 
     # --- consuming findings ---
 
+    def _apply_once(self, body, event_type: str, consumer: str, apply):
+        return apply_once(self.db, processed_events, body, event_type, f"tasks.{consumer}", apply)
+
     @reliable_event_handler("inspection", "inspection_submitted")
     def on_inspection_submitted(self, body):
-        envelope, event = parse_event(body, "inspection_submitted")
         now = self.clock.now()
-        with self.db.transaction() as session:
-            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_inspection_submitted",
-                               envelope.event_type):
-                return DUPLICATE
+
+        def apply(session, envelope, event):
             tasks = ops.open_tasks(session, event, self.outbox, self.identity.home, self._settings, now,
-                                   correlation_id=str(event.inspection_id),
-                                   child_stacks=self.identity.child_stacks)
+                                   correlation_id=str(event.inspection_id), child_stacks=self.identity.child_stacks)
             ops.refresh_gauges(session, now)
-        return [t.id for t in tasks]
+            return [t.id for t in tasks]
+        return self._apply_once(body, "inspection_submitted", "on_inspection_submitted", apply)
 
     # --- tiers: tasks handed down from the parent, progress reported by children ---
 
     @reliable_event_handler("tier", "task_delegated", exchange=PARENT_EXCHANGE,
                             routing_key=lambda config: subtree_binding(home_node(config), "task_delegated"))
     def on_task_delegated(self, body):
-        envelope, delegated = parse_event(body, "task_delegated")
         now = self.clock.now()
-        with self.db.transaction() as session:
-            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_task_delegated",
-                               envelope.event_type):
-                return DUPLICATE
+
+        def apply(session, envelope, delegated):
             tasks = ops.accept_delegated(session, delegated, self.outbox, self.identity.home, self._settings,
                                          now, self.identity.child_stacks)
-        return [t.id for t in tasks]
+            return [t.id for t in tasks]
+        return self._apply_once(body, "task_delegated", "on_task_delegated", apply)
 
     @reliable_event_handler("tier", "task_status_changed", exchange=CHILDREN_EXCHANGE,
                             routing_key="task_status_changed.#")
     def on_child_task_status_changed(self, body):
-        return self._apply_child_update(body, "task_status_changed")
+        return self._apply_once(body, "task_status_changed", "on_child_task_status_changed", self._mirror)
 
     @reliable_event_handler("tier", "task_closed", exchange=CHILDREN_EXCHANGE, routing_key="task_closed.#")
     def on_child_task_closed(self, body):
-        return self._apply_child_update(body, "task_closed")
+        return self._apply_once(body, "task_closed", "on_child_task_closed", self._mirror)
+
+    def _mirror(self, session, envelope, update):
+        task = ops.apply_child_update(session, update, self.outbox, self.clock.now())
+        return task.id if task else None
 
     @reliable_event_handler("tier", "task_escalated", exchange=CHILDREN_EXCHANGE, routing_key="task_escalated.#")
     def on_child_task_escalated(self, body):
-        envelope, escalated = parse_event(body, "task_escalated")
-        with self.db.transaction() as session:
-            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_child_task_escalated",
-                               envelope.event_type):
-                return DUPLICATE
+        def apply(session, envelope, escalated):
             request = ops.record_coordination_request(session, escalated, self.identity.home, self.clock.now(),
                                                       self.outbox)
-        return request.task_id if request else None
+            return request.task_id if request else None
+        return self._apply_once(body, "task_escalated", "on_child_task_escalated", apply)
 
     @reliable_event_handler("tier", "coordination_answered", exchange=PARENT_EXCHANGE,
                             routing_key=lambda config: subtree_binding(home_node(config), "coordination_answered"))
     def on_coordination_answered(self, body):
-        envelope, answer = parse_event(body, "coordination_answered")
         now = self.clock.now()
-        with self.db.transaction() as session:
-            if not claim_event(session, processed_events, envelope.event_id, "tasks.on_coordination_answered",
-                               envelope.event_type):
-                return DUPLICATE
+
+        def apply(session, envelope, answer):
             task = ops.apply_coordination_answer(session, answer, self.outbox, self._settings, now,
                                                  self.identity.home)
             ops.refresh_gauges(session, now)
-        return task.id if task else None
+            return task.id if task else None
+        return self._apply_once(body, "coordination_answered", "on_coordination_answered", apply)
 
     @api("GET", "/coordination", query=CoordinationQuery, response=list[CoordinationOut],
          summary="协调事项 Escalations from child stacks this tier owes an answer to")
@@ -133,15 +129,6 @@ class TasksService(ops_endpoints.OpsEndpoints):
         with self.db.transaction() as session:
             return ops.answer_coordination(session, task_id, body.actor, body.role, body.note, body.new_deadline_at,
                                            self.outbox, self.identity.home, self.clock.now())
-
-    def _apply_child_update(self, body, event_type: str):
-        envelope, update = parse_event(body, event_type)
-        with self.db.transaction() as session:
-            if not claim_event(session, processed_events, envelope.event_id, f"tasks.on_child_{event_type}",
-                               envelope.event_type):
-                return DUPLICATE
-            task = ops.apply_child_update(session, update, self.outbox, self.clock.now())
-        return task.id if task else None
 
     # --- the ledger ---
 

@@ -30,7 +30,7 @@ import yaml
 from kombu import Connection, Exchange
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.contracts.nodes import NodeCode, is_within, parent_of
+from services.contracts.nodes import NodeCode, is_within
 from services.contracts.tiers import (CHILDREN_EXCHANGE, DOWN_EXCHANGE, PARENT_EXCHANGE, TIER_EXCHANGES,
                                       UP_EXCHANGE)
 

@@ -207,7 +207,7 @@ def test_event_committed_before_a_crash_is_published_on_restart(amqp_uri, databa
     from services.contracts.checklists import default_catalogue
     from services.contracts.events import Producer
     from services.inspection import operations as ops
-    from services.inspection.schemas import InspectionIn, PlaceCreate, SubjectCreate
+    from services.inspection.schemas import InspectionIn, SubjectCreate
     from services.inspection.service import InspectionService
     from services.plumbing.db import make_engine, run_migrations
     from services.plumbing.outbox import WorkerOutbox, event_exchange_name

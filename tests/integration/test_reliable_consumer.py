@@ -10,7 +10,7 @@ from kombu import Connection, Exchange
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select
 
 from services.contracts.events import parse_event
-from services.plumbing.consumer import DUPLICATE, dead_letter_queue_name, reliable_event_handler
+from services.plumbing.consumer import DUPLICATE, reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.idempotency import claim_event, make_processed_events_table
 from services.tools.dead_letters import list_dead_letters, replay_dead_letters

@@ -4,7 +4,7 @@ loses nothing and counts nothing twice."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, text
 
 from services.tools import federation
 from tests import support

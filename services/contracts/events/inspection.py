@@ -1,7 +1,6 @@
 """Events published by the inspection service."""
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field

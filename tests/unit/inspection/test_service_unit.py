@@ -5,7 +5,6 @@ from unittest.mock import MagicMock
 import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
 from services.contracts.checklists import default_catalogue
 from services.contracts.nodes import Tier

@@ -4,7 +4,6 @@ from datetime import datetime
 import pytest
 from markupsafe import escape
 
-from services.contracts.events.tasks import TaskOverdue
 from services.contracts.periods import CST
 from services.notify.domain import NoticeType, NotifyRuleViolation
 from services.notify.templates import Templates, check_template
