@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.plumbing.idempotency import make_processed_events_table
 from services.plumbing.outbox import make_outbox_table
+from services.plumbing.sqltime import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -23,7 +24,7 @@ class Subject(Base):
     node: Mapped[str] = mapped_column(String(12), index=True)
     name: Mapped[str] = mapped_column(String(200))
     contacts: Mapped[list] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Place(Base):
@@ -37,7 +38,7 @@ class Place(Base):
     lng: Mapped[float | None] = mapped_column(Float)
     node: Mapped[str] = mapped_column(String(12), index=True)
     responsible_subject_id: Mapped[str | None] = mapped_column(ForeignKey("inspection_subjects.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Inspection(Base):
@@ -54,14 +55,14 @@ class Inspection(Base):
     checklist_version: Mapped[str] = mapped_column(String(32))
     checklist_code: Mapped[str] = mapped_column(String(64))
     inspectors: Mapped[list] = mapped_column(JSON)
-    inspected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    inspected_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     note: Mapped[str | None] = mapped_column(Text)
     scale: Mapped[int] = mapped_column(Integer)
     score: Mapped[float | None] = mapped_column(Float)
     points_available: Mapped[float | None] = mapped_column(Float)
     points_deducted: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     results: Mapped[list["ItemResult"]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan", order_by="ItemResult.position")
@@ -82,7 +83,7 @@ class ItemResult(Base):
     evidence: Mapped[list] = mapped_column(JSON, default=list)
     lat: Mapped[float | None] = mapped_column(Float)
     lng: Mapped[float | None] = mapped_column(Float)
-    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     inspection: Mapped[Inspection] = relationship(back_populates="results")
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.plumbing.idempotency import make_processed_events_table
+from services.plumbing.sqltime import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -35,8 +36,8 @@ class Contact(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(1024))
     webhook_format: Mapped[str] = mapped_column(String(16), default="wecom")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class RuleSet(Base):
@@ -49,7 +50,7 @@ class RuleSet(Base):
     version: Mapped[int] = mapped_column(Integer)
     document: Mapped[dict] = mapped_column(JSON)
     author: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class TemplateOverride(Base):
@@ -62,7 +63,7 @@ class TemplateOverride(Base):
     name: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(String(128))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Notification(Base):
@@ -90,9 +91,9 @@ class Notification(Base):
     title: Mapped[str] = mapped_column(String(500))
     body_markdown: Mapped[str] = mapped_column(Text)
     body_html: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    read_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
 
 
@@ -108,10 +109,10 @@ class Delivery(Base):
     target_format: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # pending | sent | dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class DeadLetter(Base):
@@ -125,8 +126,8 @@ class DeadLetter(Base):
     target: Mapped[str] = mapped_column(String(1024))
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dead_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     replayed_by: Mapped[str | None] = mapped_column(String(128))
 
 
@@ -158,7 +159,7 @@ class ScoreRow(Base):
     veto_reasons: Mapped[list] = mapped_column(JSON, default=list)
     inputs: Mapped[int] = mapped_column(Integer)
     revision: Mapped[int] = mapped_column(Integer)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class TaskRow(Base):
@@ -179,15 +180,15 @@ class TaskRow(Base):
     category_name: Mapped[str] = mapped_column(String(200))
     severity: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
-    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    overdue_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    overdue_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
     urge_count: Mapped[int] = mapped_column(Integer, default=0)
-    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     relapse_of: Mapped[str | None] = mapped_column(String(64))
-    relapsed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    relapsed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class InspectionRow(Base):
@@ -201,7 +202,7 @@ class InspectionRow(Base):
     score: Mapped[float] = mapped_column(Float)
     scale: Mapped[int] = mapped_column(Integer)
     findings: Mapped[int] = mapped_column(Integer)
-    inspected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    inspected_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 class Bulletin(Base):
@@ -218,7 +219,7 @@ class Bulletin(Base):
     data: Mapped[dict] = mapped_column(JSON)
     markdown: Mapped[str] = mapped_column(Text)
     html: Mapped[str] = mapped_column(Text)
-    generated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    generated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     requested_by: Mapped[str | None] = mapped_column(String(128))
 
 

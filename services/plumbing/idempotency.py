@@ -4,10 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.orm import Session
 
 from services.contracts.events import EventEnvelope, parse_event
+from services.plumbing.sqltime import UtcDateTime
 
 DUPLICATE = "duplicate"
 """What a consumer returns for an event it had already processed."""
@@ -19,7 +20,7 @@ def make_processed_events_table(metadata: MetaData, prefix: str) -> Table:
         Column("event_id", String(36), primary_key=True),
         Column("consumer", String(128), primary_key=True),
         Column("event_type", String(64), nullable=False),
-        Column("processed_at", DateTime(timezone=True), nullable=False),
+        Column("processed_at", UtcDateTime(), nullable=False),
     )
 
 

@@ -15,13 +15,14 @@ from eventlet.event import Event
 from kombu import Connection, Exchange, Producer as KombuProducer
 from nameko.extensions import DependencyProvider
 from pydantic import BaseModel
-from sqlalchemy import (JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table,
+from sqlalchemy import (JSON, BigInteger, Column, Integer, MetaData, String, Table,
                         Text, select, update, func)
 from sqlalchemy.orm import Session
 
 from services.contracts.events import EventEnvelope, Producer, make_event
 from services.plumbing import metrics
 from services.plumbing.config import home_node
+from services.plumbing.sqltime import UtcDateTime
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def make_outbox_table(metadata: MetaData, prefix: str) -> Table:
         Column("exchange", String(128), nullable=False),
         Column("routing_key", String(255), nullable=False),
         Column("body", JSON, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("published_at", UtcDateTime(), nullable=True, index=True),
         Column("attempts", Integer, nullable=False, default=0),
         Column("last_error", Text, nullable=True),
     )

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.plumbing.idempotency import make_processed_events_table
 from services.plumbing.outbox import make_outbox_table
+from services.plumbing.sqltime import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -25,7 +26,7 @@ class Subject(Base):
     name: Mapped[str] = mapped_column(String(200))
     subject_type: Mapped[str] = mapped_column(String(32))
     tier: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class SubjectAlias(Base):
@@ -49,13 +50,13 @@ class ScoreInputRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     scale: Mapped[int] = mapped_column(Integer)
-    inspected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    inspected_at: Mapped[datetime] = mapped_column(UtcDateTime())
     week: Mapped[str] = mapped_column(String(8))
     month: Mapped[str] = mapped_column(String(7))
     quarter: Mapped[str] = mapped_column(String(7))
     half_year: Mapped[str] = mapped_column(String(7))
     year: Mapped[str] = mapped_column(String(4))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ChildScore(Base):
@@ -75,7 +76,7 @@ class ChildScore(Base):
     inputs: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(32))
     revision: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class PeriodScore(Base):
@@ -112,7 +113,7 @@ class PeriodScore(Base):
     explain: Mapped[dict] = mapped_column(JSON)
     published: Mapped[dict | None] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer, default=0)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class PolicyVersion(Base):
@@ -126,7 +127,7 @@ class PolicyVersion(Base):
     policy_id: Mapped[str] = mapped_column(String(64))
     document: Mapped[dict] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Appraisal(Base):
@@ -142,7 +143,7 @@ class Appraisal(Base):
     scale: Mapped[int] = mapped_column(Integer)
     appraised_by: Mapped[str] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Veto(Base):
@@ -160,8 +161,8 @@ class Veto(Base):
     issued_by: Mapped[str] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
@@ -179,7 +180,7 @@ class LedgerFigures(Base):
     opened: Mapped[int] = mapped_column(Integer)
     closed: Mapped[int] = mapped_column(Integer)
     relapses: Mapped[int] = mapped_column(Integer)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ChildFreshness(Base):
@@ -188,8 +189,8 @@ class ChildFreshness(Base):
 
     child_node: Mapped[str] = mapped_column(String(12), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    last_heard_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_heard_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_event_type: Mapped[str] = mapped_column(String(64))
     events: Mapped[int] = mapped_column(Integer, default=0)
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.plumbing.idempotency import make_processed_events_table
 from services.plumbing.outbox import make_outbox_table
+from services.plumbing.sqltime import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -50,32 +51,32 @@ class Task(Base):
     deduction: Mapped[float] = mapped_column(Float)
     note: Mapped[str | None] = mapped_column(Text)
     evidence: Mapped[list] = mapped_column(JSON, default=list)
-    found_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    found_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deadline_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deadline_source: Mapped[str] = mapped_column(String(16))
-    yellow_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    yellow_at: Mapped[datetime] = mapped_column(UtcDateTime())
     status: Mapped[str] = mapped_column(String(16))
     fixed_by: Mapped[str | None] = mapped_column(String(100))
-    fix_submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    fix_submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     fix_note: Mapped[str | None] = mapped_column(Text)
     after_evidence: Mapped[list] = mapped_column(JSON, default=list)
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     verified_by: Mapped[str | None] = mapped_column(String(100))
     on_time: Mapped[bool | None] = mapped_column(Boolean)
     hours_to_fix: Mapped[float | None] = mapped_column(Float)
-    overdue_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    overdue_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
     urge_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_urged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_urged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     escalated_to: Mapped[str | None] = mapped_column(String(12))
-    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     escalation_reason: Mapped[str | None] = mapped_column(Text)
-    answer_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    answer_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     relapse_of: Mapped[str | None] = mapped_column(ForeignKey("tasks_tasks.id"))
     # Set when the task was handed down to a child stack (its ledger owns the lifecycle);
     # this row then follows the child's status events.
     delegated_to: Mapped[str | None] = mapped_column(String(12), index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     history: Mapped[list["TaskHistory"]] = relationship(
         back_populates="task", cascade="all, delete-orphan", order_by="TaskHistory.id")
@@ -87,7 +88,7 @@ class TaskHistory(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks_tasks.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
     actor: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(16))
@@ -106,7 +107,7 @@ class SubjectName(Base):
     subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     node: Mapped[str] = mapped_column(String(12))
     name: Mapped[str] = mapped_column(String(200))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class LedgerFigures(Base):
@@ -117,7 +118,7 @@ class LedgerFigures(Base):
     period: Mapped[str] = mapped_column(String(16), primary_key=True)
     node: Mapped[str] = mapped_column(String(12))
     figures: Mapped[dict] = mapped_column(JSON)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class CoordinationRequest(Base):
@@ -128,13 +129,13 @@ class CoordinationRequest(Base):
     from_node: Mapped[str] = mapped_column(String(12), index=True)
     task: Mapped[dict] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(Text)
-    escalated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    answer_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    escalated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    answer_due_at: Mapped[datetime] = mapped_column(UtcDateTime())
     status: Mapped[str] = mapped_column(String(16))  # open | answered
     answered_by: Mapped[str | None] = mapped_column(String(100))
     answer: Mapped[str | None] = mapped_column(Text)
-    new_deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    new_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 outbox = make_outbox_table(Base.metadata, "tasks")

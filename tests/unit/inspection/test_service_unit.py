@@ -61,3 +61,19 @@ def test_rpc_submission_validates_like_http(service):
         service.submit_inspection({"kind": "routine"})
     assert "subject_id" in str(info.value)
     assert service.outbox.events == []
+
+
+def test_times_keep_their_instant_in_sqlite(service):
+    """SQLite keeps wall-clock digits only: 09:30 Beijing time must come back as 01:30 UTC."""
+    from datetime import timedelta
+    request = MagicMock(headers={})
+    subject = service.register_subject(request, body=SubjectCreate(
+        subject_type="child_unit", node="411502008008", name="十里河社区"))
+    beijing = timezone(timedelta(hours=8))
+    _, recorded = service.record_inspection(request, body=InspectionIn(
+        kind="routine", subject_id=subject.subject_id, submit=False,
+        checklist={"version": "2010.1", "code": "national-ten-areas"}, inspectors=["张伟"],
+        inspected_at=datetime(2026, 11, 20, 9, 30, tzinfo=beijing), results=[]))
+    stored = service.get_inspection(request, recorded.inspection_id)
+    assert stored.inspected_at == datetime(2026, 11, 20, 1, 30, tzinfo=timezone.utc)
+    assert stored.inspected_at.utcoffset() == timedelta(0)
