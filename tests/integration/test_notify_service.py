@@ -385,28 +385,28 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
 def test_a_slow_channel_does_not_hold_up_the_others(start_notify, tmp_path):
     blackhole = LoopbackServer("blackhole", tmp_path / "hole.jsonl")  # an SMTP server that never answers
     try:
-        stack = start_notify(SMTP_PORT=blackhole.port, SMTP_TIMEOUT=6, NOTIFY_SEND_TIMEOUT=8)
+        stack = start_notify(SMTP_PORT=blackhole.port, SMTP_TIMEOUT=10, NOTIFY_SEND_TIMEOUT=12)
         api, http = stack["api"], stack["http"]
         for name, extra in (("张主任", {"email": "zjs@community.example.cn", "webhook_url": f"{stack['bot']}/slow/zjs"}),
                             ("社区群", {"webhook_url": f"{stack['bot']}/ok/fast", "inbox_user": "zhang"})):
             assert api.post("/contacts", {"owner_kind": "subject", "owner_id": "subj-zjs", "node": COMMUNITY,
                                           "name": name, **extra}).status_code == 201
-        started = time.monotonic()
         publish(stack["amqp_uri"], "tasks", make_event(TaskOpened(task=task_ref("task-9", "subj-zjs", "周家山社区"),
                                                                   opened_at=datetime.now(timezone.utc)), TASKS))
-        support.wait_until(lambda: [c for c in http.records() if c["path"] == "/ok/fast"], timeout=3,
+        support.wait_until(lambda: [c for c in http.records() if c["path"] == "/ok/fast"], timeout=9,
                            message="the fast bot, while the SMTP server and the slow bot hang")
-        assert time.monotonic() - started < 3
+        # Ordering, not a stopwatch: the fast bot got its call while the e-mail's first attempt
+        # was still hanging on the mute server (it gives up only after 10 s).
         assert len(api.get("/inbox", params={"user": "zhang"}).json()) == 1
-        states = {n["channel"]: n["delivery_status"] for n in api.get("/notifications", params={"channel": "email"}).json()}
-        assert states == {"email": "pending"}
+        [mail] = api.get("/notifications", params={"channel": "email"}).json()
+        assert (mail["delivery_status"], mail["attempts"]) == ("pending", 0)
         # The slow bot answers after 4 s and is delivered too; the mute SMTP server times out and is retried.
         support.wait_until(lambda: [c for c in http.records() if c["path"] == "/slow/zjs"], timeout=10,
                            message="the slow bot")
         def email_attempted():
             mails = api.get("/notifications", params={"channel": "email"}).json()
             return mails if mails[0]["attempts"] else None
-        [mail] = support.wait_until(email_attempted, timeout=15, message="the timed-out e-mail attempt")
+        [mail] = support.wait_until(email_attempted, timeout=25, message="the timed-out e-mail attempt")
         assert mail["delivery_status"] == "pending" and mail["last_error"].startswith("SMTP 127.0.0.1")
     finally:
         blackhole.close()
