@@ -148,7 +148,7 @@ class DeliveryWorker(DependencyProvider):
         if outcome == "sent":
             metrics.SENT.labels(job.channel).inc()
             metrics.LATENCY.labels(job.channel).observe(
-                (datetime.now(timezone.utc) - ops.aware(job.created_at)).total_seconds())
+                (datetime.now(timezone.utc) - job.created_at).total_seconds())
             return
         if error is not None:
             metrics.FAILED.labels(job.channel).inc()

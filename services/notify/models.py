@@ -13,7 +13,7 @@ from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.plumbing.idempotency import make_processed_events_table
-from services.plumbing.sqltime import UtcDateTime
+from services.plumbing.sql import UtcDateTime
 
 
 class Base(DeclarativeBase):

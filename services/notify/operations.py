@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sqltime import as_utc
+from services.plumbing.sql import advisory_xact_lock, insert_for, is_postgres
 from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
 from services.contracts.events import EventEnvelope
 from services.contracts.events.inspection import InspectionSubmitted
@@ -48,7 +48,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-aware = as_utc
 
 
 @dataclass
@@ -70,25 +69,9 @@ def node_chain(node: str) -> list[str]:
     return chain
 
 
-def _postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def _advisory_lock(session: Session, key: str) -> None:
-    if _postgres(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
-
-
-lock_key = _advisory_lock
-
-
 def _insert_ignore(session: Session, table, values: dict) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True if the row was inserted."""
-    if _postgres(session):
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    result = session.execute(insert_for(session)(table).values(**values).on_conflict_do_nothing())
     return result.rowcount == 1
 
 
@@ -176,7 +159,7 @@ def effective_rules(session: Session, node: str) -> tuple[RuleSetDocument, RuleS
 def replace_rules(session: Session, node: str, document: dict, author: str | None,
                   now: datetime | None = None) -> RuleSetOut:
     doc = parse_rule_set(document)
-    _advisory_lock(session, f"notify-rules:{node}")
+    advisory_xact_lock(session, f"notify-rules:{node}")
     latest = _latest_rule_set(session, node)
     row = RuleSet(node=node, version=(latest.version + 1) if latest else 1, document=doc.model_dump(mode="json"),
                   author=author, created_at=now or _now())
@@ -296,14 +279,14 @@ def _task_facts(task: TaskRef) -> dict:
 
 def _project_task(session: Session, task: TaskRef, at: datetime) -> TaskRow:
     # Events of one task arrive on several queues and may be handled at once.
-    _advisory_lock(session, f"notify-task:{task.task_id}")
+    advisory_xact_lock(session, f"notify-task:{task.task_id}")
     row = session.get(TaskRow, task.task_id)
     if row is None:
         row = TaskRow(task_id=task.task_id, urge_count=0, last_event_at=at)
         session.add(row)
         newer = True
     else:
-        newer = at >= aware(row.last_event_at)
+        newer = at >= row.last_event_at
     if newer:
         row.inspection_id, row.inspecting_node, row.owner_node = task.inspection_id, task.inspecting_node, task.owner_node
         row.subject_id, row.subject_node, row.subject_name = (task.responsible.subject_id, task.responsible.node,
@@ -327,7 +310,7 @@ def apply_task_event(session: Session, ctx: NotifyContext, envelope: EventEnvelo
         if payload.relapse_of:
             row.relapse_of, row.relapsed_at = payload.relapse_of, payload.opened_at
     elif isinstance(payload, TaskOverdue):
-        row.overdue_since = min(filter(None, [aware(row.overdue_since), payload.overdue_since]))
+        row.overdue_since = min(filter(None, [row.overdue_since, payload.overdue_since]))
         row.urge_count = max(row.urge_count or 0, payload.urge_count)
         facts["urge_count"] = payload.urge_count
     elif isinstance(payload, TaskEscalated):
@@ -368,7 +351,7 @@ def apply_coordination_requested(session: Session, ctx: NotifyContext, envelope:
 def apply_score_published(session: Session, ctx: NotifyContext, envelope: EventEnvelope, payload: ScorePublished,
                           now: datetime | None = None) -> list[Notification]:
     """Keep the highest revision of each (subject, period); only a current revision notifies."""
-    _advisory_lock(session, f"notify-score:{payload.scoring_node}:{payload.subject.subject_id}:{payload.period}")
+    advisory_xact_lock(session, f"notify-score:{payload.scoring_node}:{payload.subject.subject_id}:{payload.period}")
     row = session.execute(select(ScoreRow).where(
         ScoreRow.scoring_node == payload.scoring_node, ScoreRow.subject_id == payload.subject.subject_id,
         ScoreRow.period_kind == payload.period_kind.value, ScoreRow.period == payload.period)
@@ -398,7 +381,7 @@ def apply_score_published(session: Session, ctx: NotifyContext, envelope: EventE
 def apply_inspection_submitted(session: Session, ctx: NotifyContext, envelope: EventEnvelope,
                                payload: InspectionSubmitted, now: datetime | None = None) -> list[Notification]:
     key = str(payload.inspection_id)
-    _advisory_lock(session, f"notify-inspection:{key}")
+    advisory_xact_lock(session, f"notify-inspection:{key}")
     if session.get(InspectionRow, key) is None:
         session.add(InspectionRow(inspection_id=key, inspecting_node=payload.inspecting_node, kind=payload.kind.value,
                                   subject_id=payload.subject.subject_id, subject_name=payload.subject.name,
@@ -439,7 +422,7 @@ def claim_due(session: Session, channel: str, limit: int, lease: timedelta,
     stmt = (select(Delivery, Notification).join(Notification, Notification.id == Delivery.notification_id)
             .where(Delivery.channel == channel, Delivery.status == "pending", Delivery.next_attempt_at <= now)
             .order_by(Delivery.next_attempt_at).limit(limit))
-    if _postgres(session):
+    if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
     jobs = []
     for d, n in session.execute(stmt).all():
@@ -455,7 +438,7 @@ def record_attempt(session: Session, delivery_id: str, error: str | None, policy
     """Record one try: 'sent', 'retried' (next try after the backoff) or 'dead_lettered'."""
     now = now or _now()
     stmt = select(Delivery).where(Delivery.id == delivery_id)
-    if _postgres(session):
+    if is_postgres(session):
         stmt = stmt.with_for_update()
     d = session.execute(stmt).scalar_one()
     if d.status != "pending":
@@ -499,7 +482,7 @@ def replay_dead_letter(session: Session, dead_letter_id: str, operator: str | No
     """Give a dead delivery a fresh set of attempts, due now."""
     now = now or _now()
     stmt = select(DeadLetter).where(DeadLetter.id == dead_letter_id)
-    if _postgres(session):
+    if is_postgres(session):
         stmt = stmt.with_for_update()
     dl = session.execute(stmt).scalar_one_or_none()
     if dl is None:
@@ -605,9 +588,9 @@ def _task_facts_for(session: Session, start: datetime, end: datetime) -> list[Ta
         (TaskRow.opened_at.is_(None)) | (TaskRow.opened_at < end),
         (TaskRow.closed_at.is_(None)) | (TaskRow.closed_at >= start))).scalars()
     return [TaskFact(r.task_id, r.subject_id, r.subject_name, r.place_name, r.item_text, r.category_code,
-                     r.category_name, r.severity, r.status, aware(r.deadline_at), aware(r.opened_at),
-                     aware(r.overdue_since), r.urge_count or 0, aware(r.closed_at), r.relapse_of,
-                     aware(r.relapsed_at)) for r in rows]
+                     r.category_name, r.severity, r.status, r.deadline_at, r.opened_at,
+                     r.overdue_since, r.urge_count or 0, r.closed_at, r.relapse_of,
+                     r.relapsed_at) for r in rows]
 
 
 def generate_bulletin(session: Session, ctx: NotifyContext, period_key: str, trigger: str = "api",
@@ -630,7 +613,7 @@ def generate_bulletin(session: Session, ctx: NotifyContext, period_key: str, tri
     b = data.to_dict()
     rendered = ctx.templates.render("bulletin", {"b": b, "office": ctx.name_of(node), "sent_at": now},
                                     node_chain(node), template_overrides(session, node))
-    _advisory_lock(session, f"notify-bulletin:{node}:{period.key}")
+    advisory_xact_lock(session, f"notify-bulletin:{node}:{period.key}")
     latest = session.execute(select(func.max(Bulletin.revision)).where(
         Bulletin.node == node, Bulletin.period == period.key)).scalar_one()
     bulletin = Bulletin(id=str(uuid.uuid4()), node=node, period=period.key, revision=(latest or 0) + 1,
@@ -657,7 +640,7 @@ def generate_due_bulletin(session: Session, ctx: NotifyContext, day_of_month: in
     if local.day < day_of_month:
         return None
     period = Period.containing(PeriodKind.month, local).previous()
-    _advisory_lock(session, f"notify-bulletin:{ctx.home}:{period.key}")
+    advisory_xact_lock(session, f"notify-bulletin:{ctx.home}:{period.key}")
     # One made on demand while the month was still running does not count: it missed the end.
     _, end = period_window(period)
     exists = session.execute(select(Bulletin.id).where(Bulletin.node == ctx.home, Bulletin.period == period.key,

@@ -74,10 +74,7 @@ class NotifyService(ops_endpoints.OpsEndpoints):
         def applied(session, envelope, payload):
             apply(session, self._ctx(), envelope, payload)
             return "processed"
-        # A duplicate handled at the same moment (another instance) waits on the lock, then sees the claim.
-        return apply_once(self.db, processed_events, body, event_type, f"notify.on_{event_type}", applied,
-                          before_claim=lambda session, envelope: ops.lock_key(session,
-                                                                              f"notify-event:{envelope.event_id}"))
+        return apply_once(self.db, processed_events, body, event_type, f"notify.on_{event_type}", applied)
 
     @reliable_event_handler("tasks", "task_opened")
     def on_task_opened(self, body):

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 from nameko.extensions import DependencyProvider
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.plumbing.sql import advisory_xact_lock
 from services.plumbing.config import database_url
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,8 @@ def run_migrations(engine: Engine, migrations_dir: str | Path, version_table: st
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.attributes["version_table"] = version_table
     with _MIGRATION_LOCK, engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Two instances starting together must not both create the tables.
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": version_table})
+        # Two instances starting together must not both create the tables.
+        advisory_xact_lock(connection, version_table)
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

@@ -8,7 +8,7 @@ from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.orm import Session
 
 from services.contracts.events import EventEnvelope, parse_event
-from services.plumbing.sqltime import UtcDateTime
+from services.plumbing.sql import UtcDateTime, insert_for
 
 DUPLICATE = "duplicate"
 """What a consumer returns for an event it had already processed."""
@@ -34,14 +34,7 @@ def claim_event(session: Session, table: Table, event_id, consumer: str, event_t
     """
     values = dict(event_id=str(event_id), consumer=consumer, event_type=event_type,
                   processed_at=datetime.now(timezone.utc))
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the project supports PostgreSQL and SQLite
-        raise RuntimeError(f"claim_event does not support {dialect}")
-    result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    result = session.execute(insert_for(session)(table).values(**values).on_conflict_do_nothing())
     return result.rowcount == 1
 
 

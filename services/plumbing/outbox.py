@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from services.contracts.events import EventEnvelope, Producer, make_event
 from services.plumbing import metrics
 from services.plumbing.config import home_node
-from services.plumbing.sqltime import UtcDateTime
+from services.plumbing.sql import UtcDateTime
 
 log = logging.getLogger(__name__)
 

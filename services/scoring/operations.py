@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sqltime import as_utc
+from services.plumbing.sql import advisory_xact_lock
 from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.events import InvalidEvent
 from services.contracts.events.inspection import InspectionSubmitted
@@ -65,13 +65,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-_aware = as_utc
 
 
 def lock_scoring(session: Session) -> None:
     """Serialise scoring work of this stack (rankings read and write whole peer groups)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext('chuangwei.scoring'))"))
+    advisory_xact_lock(session, "chuangwei.scoring")
 
 
 # --- policies --------------------------------------------------------------------------------
@@ -107,7 +105,7 @@ def _check_node(ctx: Context, node: str, field_name: str = "node") -> str:
 
 def policy_out(row: PolicyVersion, node: str) -> dict:
     return {"node": node, "defined_at": row.node, "inherited": row.node != node, "version": row.version,
-            "policy_id": row.policy_id, "created_by": row.created_by, "created_at": _aware(row.created_at),
+            "policy_id": row.policy_id, "created_by": row.created_by, "created_at": row.created_at,
             "document": row.document}
 
 
@@ -346,7 +344,7 @@ class Scorer:
             rank=row.rank, peers=row.peers, ranked=row.ranked, movement=row.movement, vetoed=row.vetoed,
             veto_reasons=list(row.veto_reasons or []), inputs=row.inputs,
             policy=PolicyRef(policy_id=row.policy_id, version=row.policy_version), revision=row.revision,
-            computed_at=_aware(row.computed_at))
+            computed_at=row.computed_at)
         self.ctx.outbox.add(self.session, event, correlation_id=self.correlation_id)
         if row.subject_type == CHILD and row.node == self.ctx.home:
             # This tier's own aggregate goes up to the parent tier (over federation).
@@ -433,7 +431,7 @@ def child_freshness(session: Session, ctx: Context, now: datetime | None = None,
     out = []
     for child in sorted(set(rows) | set(expected)):
         row = rows.get(child)
-        heard = _aware(row.last_heard_at) if row else None
+        heard = row.last_heard_at if row else None
         out.append({"child": child, "name": row.name if row else ctx.name_of(child),
                     "last_heard_at": heard.isoformat() if heard else None,
                     "seconds_since": round((now - heard).total_seconds(), 1) if heard else None,
@@ -491,7 +489,7 @@ def apply_ledger_figures(session: Session, ctx: Context, event_id: str, event: L
     if month.kind != PeriodKind.month:
         raise InvalidEvent(f"ledger period {event.period!r} is not a month")
     row = session.get(LedgerFigures, (event.subject_id, event.period))
-    if row is not None and _aware(row.computed_at) >= event.computed_at:
+    if row is not None and row.computed_at >= event.computed_at:
         return 0  # an older figure arriving late
     if row is None:
         row = LedgerFigures(subject_id=event.subject_id, period=event.period)
@@ -533,10 +531,10 @@ def veto_out(veto: Veto, subject: Subject | None = None) -> dict:
     return {"veto_id": veto.id, "subject_id": veto.subject_id, "subject_name": subject.name if subject else None,
             "period": veto.period, "period_kind": veto.period_kind, "reason": veto.reason,
             "label": domain.VETO_LABELS.get(veto.reason, veto.reason), "issued_by": veto.issued_by,
-            "note": veto.note, "reference": veto.reference, "created_at": _aware(veto.created_at),
+            "note": veto.note, "reference": veto.reference, "created_at": veto.created_at,
             "applies_to": [p.key for p in domain.covering_periods(period)],
             "revoked": veto.revoked_at is not None,
-            "revoked_at": _aware(veto.revoked_at) if veto.revoked_at else None,
+            "revoked_at": veto.revoked_at,
             "revoked_by": veto.revoked_by, "revoke_reason": veto.revoke_reason}
 
 
@@ -573,7 +571,7 @@ def revoke_veto(session: Session, ctx: Context, veto_id: str, revoked_by: str, r
         raise UnknownReference("veto_id", f"unknown veto {veto_id!r}")
     if veto.revoked_at is not None:
         raise StateConflict("veto_id", f"veto {veto_id} was already revoked at "
-                                       f"{_aware(veto.revoked_at).isoformat()} by {veto.revoked_by}")
+                                       f"{veto.revoked_at.isoformat()} by {veto.revoked_by}")
     veto.revoked_at, veto.revoked_by, veto.revoke_reason = now or _now(), revoked_by, reason
     session.flush()
     subject = session.get(Subject, veto.subject_id)
@@ -633,7 +631,7 @@ def figure_out(row: PeriodScore) -> dict:
             "rank": row.rank, "peers": row.peers, "ranked": row.ranked, "movement": row.movement,
             "vetoed": row.vetoed, "veto_reasons": list(row.veto_reasons or []), "inputs": row.inputs,
             "policy": {"policy_id": row.policy_id, "version": row.policy_version}, "revision": row.revision,
-            "computed_at": _aware(row.computed_at)}
+            "computed_at": row.computed_at}
 
 
 def ranking(session: Session, ctx: Context, period_key: str, tier: str | None, subject_type: str) -> dict:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.plumbing.idempotency import make_processed_events_table
 from services.plumbing.outbox import make_outbox_table
-from services.plumbing.sqltime import UtcDateTime
+from services.plumbing.sql import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -16,7 +16,7 @@ from typing import Iterable, Protocol
 from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sqltime import as_utc
+from services.plumbing.sql import insert_for, is_postgres
 from services.contracts.errors import PermissionDenied, StateConflict, UnknownReference
 from services.contracts.nodes import is_within
 from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
@@ -64,11 +64,7 @@ class Settings:
 # --- views -------------------------------------------------------------------------------
 
 
-def _is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
-
-_aware = as_utc
 
 
 def task_ref(task: Task) -> TaskRef:
@@ -79,18 +75,18 @@ def task_ref(task: Task) -> TaskRef:
                                 name=task.responsible_name),
         place=PlaceRef.model_validate(task.place) if task.place else None,
         item_code=task.item_code, item_text=task.item_text, category_code=task.category_code,
-        category_name=task.category_name, severity=task.severity, deadline_at=_aware(task.deadline_at),
+        category_name=task.category_name, severity=task.severity, deadline_at=task.deadline_at,
         status=task.status)
 
 
 def history_out(h: TaskHistory) -> HistoryOut:
-    return HistoryOut(at=_aware(h.at), actor=h.actor, role=h.role, action=h.action, from_status=h.from_status,
+    return HistoryOut(at=h.at, actor=h.actor, role=h.role, action=h.action, from_status=h.from_status,
                       to_status=h.to_status, reason=h.reason,
                       evidence=[Evidence.model_validate(e) for e in h.evidence or []])
 
 
 def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
-    found, deadline = _aware(task.found_at), _aware(task.deadline_at)
+    found, deadline = task.found_at, task.deadline_at
     return TaskOut(
         task_id=task.id, inspection_id=task.inspection_id, inspection_kind=task.inspection_kind,
         inspecting_node=task.inspecting_node, owner_node=task.owner_node, inspectors=task.inspectors or [],
@@ -102,17 +98,17 @@ def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
         category_code=task.category_code, category_name=task.category_name, severity=task.severity,
         findings=task.findings, deduction=task.deduction, note=task.note,
         evidence=[Evidence.model_validate(e) for e in task.evidence or []],
-        found_at=found, opened_at=_aware(task.opened_at), deadline_at=deadline,
+        found_at=found, opened_at=task.opened_at, deadline_at=deadline,
         deadline_source=task.deadline_source, status=task.status,
         light=domain.light_of(task.status, found, deadline, now, task.overdue_since is not None),
-        time_used=domain.time_used(found, deadline, _aware(task.closed_at) or now),
+        time_used=domain.time_used(found, deadline, task.closed_at or now),
         overdue=domain.is_overdue(task.status, deadline, now, task.overdue_since is not None),
-        overdue_since=_aware(task.overdue_since),
-        urge_count=task.urge_count or 0, fixed_by=task.fixed_by, fix_submitted_at=_aware(task.fix_submitted_at),
+        overdue_since=task.overdue_since,
+        urge_count=task.urge_count or 0, fixed_by=task.fixed_by, fix_submitted_at=task.fix_submitted_at,
         fix_note=task.fix_note, after_evidence=[Evidence.model_validate(e) for e in task.after_evidence or []],
-        closed_at=_aware(task.closed_at), verified_by=task.verified_by, on_time=task.on_time,
-        hours_to_fix=task.hours_to_fix, escalated_to=task.escalated_to, escalated_at=_aware(task.escalated_at),
-        escalation_reason=task.escalation_reason, answer_due_at=_aware(task.answer_due_at),
+        closed_at=task.closed_at, verified_by=task.verified_by, on_time=task.on_time,
+        hours_to_fix=task.hours_to_fix, escalated_to=task.escalated_to, escalated_at=task.escalated_at,
+        escalation_reason=task.escalation_reason, answer_due_at=task.answer_due_at,
         relapse_of=task.relapse_of, relapse=task.relapse_of is not None, delegated_to=task.delegated_to,
         history=[history_out(h) for h in task.history] if with_history else None)
 
@@ -122,11 +118,7 @@ def task_out(task: Task, now: datetime, with_history: bool = False) -> TaskOut:
 
 def _upsert(session: Session, table, values: dict, keys: list[str], update: dict | None) -> None:
     """INSERT ... ON CONFLICT: concurrent consumers must not fail on a duplicate key."""
-    if _is_pg(session):
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table).values(**values)
+    stmt = insert_for(session)(table).values(**values)
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update) if update \
         else stmt.on_conflict_do_nothing(index_elements=keys)
     session.execute(stmt)
@@ -216,7 +208,7 @@ def _find_relapse(session: Session, key: str, item_code: str, found_at: datetime
     rows = session.execute(select(Task.id, Task.closed_at).where(
         Task.relapse_key == key, Task.item_code == item_code, Task.status == TaskStatus.closed.value,
         Task.closed_at >= found_at - window, Task.closed_at <= found_at)).all()
-    closed = [domain.ClosedTask(r.id, key, item_code, _aware(r.closed_at)) for r in rows]
+    closed = [domain.ClosedTask(r.id, key, item_code, r.closed_at) for r in rows]
     return domain.find_relapse(closed, key, item_code, found_at, window)
 
 
@@ -257,10 +249,10 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
     if action == Action.submit_fix:
         task.fixed_by, task.fix_submitted_at, task.fix_note, task.after_evidence = actor, now, note, evidence_json
     elif action == Action.verify:
-        fixed_at = _aware(task.fix_submitted_at)
+        fixed_at = task.fix_submitted_at
         task.closed_at, task.verified_by = now, actor
-        task.on_time = fixed_at <= _aware(task.deadline_at)
-        task.hours_to_fix = domain.hours_between(_aware(task.found_at), fixed_at)
+        task.on_time = fixed_at <= task.deadline_at
+        task.hours_to_fix = domain.hours_between(task.found_at, fixed_at)
         metrics.HOURS_TO_FIX.observe(task.hours_to_fix)
     elif action == Action.escalate:
         task.escalated_to = domain.escalation_target(task.owner_node)
@@ -271,7 +263,7 @@ def _transition(session: Session, task: Task, action: Action, actor: str, role: 
         if new_deadline_at <= now:
             raise TaskRuleViolation("new_deadline_at", "a new deadline must lie in the future")
         task.deadline_at, task.deadline_source = new_deadline_at, "coordinator"
-        task.yellow_at = domain.yellow_from(_aware(task.found_at), new_deadline_at)
+        task.yellow_at = domain.yellow_from(task.found_at, new_deadline_at)
         task.overdue_since = None
         task.last_urged_at = None
     task.status = target.value
@@ -356,12 +348,12 @@ def apply_child_update(session: Session, update: TaskStatusChanged | TaskClosed,
 
 
 def coordination_out(req: CoordinationRequest, now: datetime) -> CoordinationOut:
-    due = _aware(req.answer_due_at)
+    due = req.answer_due_at
     return CoordinationOut(
         task_id=req.task_id, from_node=req.from_node, task=TaskRef.model_validate(req.task), reason=req.reason,
-        escalated_at=_aware(req.escalated_at), answer_due_at=due, status=req.status,
+        escalated_at=req.escalated_at, answer_due_at=due, status=req.status,
         overdue=req.status == "open" and now > due, answered_by=req.answered_by, answer=req.answer,
-        new_deadline_at=_aware(req.new_deadline_at), answered_at=_aware(req.answered_at))
+        new_deadline_at=req.new_deadline_at, answered_at=req.answered_at)
 
 
 def record_coordination_request(session: Session, escalated: TaskEscalated, home: str,
@@ -379,7 +371,7 @@ def record_coordination_request(session: Session, escalated: TaskEscalated, home
     if req is None:
         req = CoordinationRequest(task_id=escalated.task.task_id)
         session.add(req)
-    elif _aware(req.escalated_at) >= escalated.at:
+    elif req.escalated_at >= escalated.at:
         return req  # a copy of this escalation, or an older one (open or already answered)
     req.from_node, req.task = escalated.task.owner_node, escalated.task.model_dump(mode="json")
     req.reason, req.escalated_at, req.answer_due_at = escalated.reason, escalated.at, escalated.answer_due_at
@@ -458,16 +450,16 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
                                Task.delegated_to.is_(None))
             .order_by(Task.deadline_at, Task.id).limit(settings.sweep_batch)
             .execution_options(populate_existing=True))
-    if _is_pg(session):
+    if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     tasks = session.execute(stmt).scalars().all()
     marked = urged = escalated = 0
     touched = []
     for task in tasks:
-        deadline = _aware(task.deadline_at)
+        deadline = task.deadline_at
         decision = domain.sweep_decision(
-            task.status, deadline, now, overdue_since=_aware(task.overdue_since),
-            last_urged_at=_aware(task.last_urged_at), escalated_at=_aware(task.escalated_at),
+            task.status, deadline, now, overdue_since=task.overdue_since,
+            last_urged_at=task.last_urged_at, escalated_at=task.escalated_at,
             urge_repeat=settings.urge_repeat, grace=settings.escalation_grace)
         if not decision.any:
             continue
@@ -483,7 +475,7 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
                 at=now, actor=SYSTEM_ACTOR, role=Role.system.value, action="urge", from_status=task.status,
                 to_status=task.status, reason=f"逾期未整改，第{task.urge_count}次督办 (urge notice #{task.urge_count})",
                 evidence=[]))
-            outbox.add(session, TaskOverdue(task=task_ref(task), overdue_since=_aware(task.overdue_since),
+            outbox.add(session, TaskOverdue(task=task_ref(task), overdue_since=task.overdue_since,
                                             urge_count=task.urge_count), correlation_id=task.id)
             metrics.URGES.inc()
             urged += 1
@@ -632,7 +624,7 @@ def export_xlsx(session: Session, query: LedgerQuery, now: datetime) -> bytes:
 
 
 def _facts(task: Task) -> domain.TaskFacts:
-    return domain.TaskFacts(status=TaskStatus(task.status), deadline_at=_aware(task.deadline_at),
+    return domain.TaskFacts(status=TaskStatus(task.status), deadline_at=task.deadline_at,
                             closed=task.status == TaskStatus.closed.value, on_time=task.on_time,
                             hours_to_fix=task.hours_to_fix, relapse=task.relapse_of is not None,
                             marked_overdue=task.overdue_since is not None)
@@ -658,7 +650,7 @@ def figures(session: Session, period: str | None, subject_id: str | None, now: d
 
 
 def _figure_keys(tasks: Iterable[Task]) -> set[tuple[str, str]]:
-    return {(t.responsible_subject_id, Period.containing(PeriodKind.month, _aware(t.found_at)).key) for t in tasks}
+    return {(t.responsible_subject_id, Period.containing(PeriodKind.month, t.found_at).key) for t in tasks}
 
 
 def refresh_figures(session: Session, outbox: OutboxLike, keys: set[tuple[str, str]], now: datetime) -> int:
@@ -683,7 +675,7 @@ def refresh_figures(session: Session, outbox: OutboxLike, keys: set[tuple[str, s
         if row.figures == current:
             continue
         # Consumers keep the latest computed_at: never let it go backwards (clock offsets, skew).
-        previous = _aware(row.computed_at) if row.figures else None
+        previous = row.computed_at if row.figures else None
         computed_at = max(now, previous + timedelta(microseconds=1)) if previous else now
         row.figures, row.node, row.computed_at = current, out.node, computed_at
         outbox.add(session, LedgerFiguresUpdated(subject_id=subject_id, node=out.node, period=period,

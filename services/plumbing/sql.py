@@ -1,0 +1,59 @@
+"""What differs between PostgreSQL and SQLite, in one place. (No nameko imports.)
+
+- Times: PostgreSQL's timestamptz keeps the instant; SQLite keeps only the wall-clock digits
+  it is given and hands them back naive. `UtcDateTime` stores every value as UTC and marks
+  it UTC on the way out, so 09:30+08:00 is 01:30Z in both.
+- Upserts: `insert_for(bind)` is the dialect's INSERT with ON CONFLICT support.
+- Locks: `advisory_xact_lock(bind, key)` serialises work across instances on PostgreSQL
+  until the transaction ends; SQLite has a single writer already.
+"""
+from __future__ import annotations
+
+from datetime import timezone
+
+from sqlalchemy import DateTime, text
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: every stored time must carry its offset")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def dialect_name(bind) -> str:
+    """`bind`: a Session or a Connection."""
+    dialect = getattr(bind, "dialect", None) or bind.get_bind().dialect
+    return dialect.name
+
+
+def is_postgres(bind) -> bool:
+    return dialect_name(bind) == "postgresql"
+
+
+def insert_for(bind):
+    """The dialect's `insert` (with on_conflict_do_nothing / on_conflict_do_update)."""
+    name = dialect_name(bind)
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the project supports PostgreSQL and SQLite
+        raise RuntimeError(f"unsupported database dialect {name}")
+    return insert
+
+
+def advisory_xact_lock(bind, key: str) -> None:
+    if is_postgres(bind):
+        bind.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
