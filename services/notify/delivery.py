@@ -22,6 +22,7 @@ from eventlet.greenpool import GreenPool
 from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import Session
 
+from services.plumbing.db import Database
 from services.notify import metrics
 from services.notify import operations as ops
 from services.notify.channels import DeliveryFailed, SmtpSettings, send_email, send_webhook
@@ -60,10 +61,7 @@ class DeliveryWorker(DependencyProvider):
 
     @property
     def engine(self):
-        for dep in self.container.dependencies:
-            if dep.__class__.__name__ == "Database":
-                return dep.engine
-        raise RuntimeError("the delivery worker needs a Database dependency")
+        return Database.of(self.container).engine
 
     def start(self):
         self._running = True

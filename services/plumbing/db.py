@@ -106,6 +106,14 @@ class WorkerDatabase:
 
 
 class Database(DependencyProvider):
+    @classmethod
+    def of(cls, container) -> "Database":
+        """The container's Database, for other extensions that work on it (relays, seeds)."""
+        for dep in container.dependencies:
+            if isinstance(dep, cls):
+                return dep
+        raise RuntimeError(f"{container.service_name} has no Database dependency")
+
     def __init__(self, migrations_dir: str | Path | None = None):
         self.migrations_dir = migrations_dir
         self.engine: Engine | None = None

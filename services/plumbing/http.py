@@ -17,7 +17,7 @@ from nameko.exceptions import BadRequest as NamekoBadRequest
 from nameko.constants import WEB_SERVER_CONFIG_KEY
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp, parse_address
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -31,7 +31,9 @@ DEFAULT_MAX_BODY_BYTES = 1_000_000
 
 
 class ApiError(Exception):
-    """A client error with a status, a machine code, a message, and optionally a field."""
+    """A request this layer cannot even parse (malformed JSON, oversize body, bad query):
+    status, machine code, message, optionally the field. Services raise the domain errors
+    of `services.contracts.errors` instead."""
     status = 400
     code = "bad_request"
 
@@ -44,24 +46,9 @@ class ApiError(Exception):
         self.errors = errors if errors is not None else ([{"field": field, "reason": message}] if field else [])
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
-
-
 class Unprocessable(ApiError):
     status = 422
     code = "validation_error"
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 def _field_path(loc: tuple) -> str:
@@ -263,6 +250,3 @@ class JsonApi(HttpRequestHandler):
 
 api = JsonApi.decorator
 
-
-def parse_list(model: Any, data: Any):
-    return TypeAdapter(model).validate_python(data)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from services.contracts.events import EventEnvelope, Producer, make_event
 from services.plumbing import metrics
 from services.plumbing.config import home_node
+from services.plumbing.db import Database
 from services.plumbing.sql import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,7 @@ class Outbox(DependencyProvider):
 
     @property
     def database(self):
-        for dep in self.container.dependencies:
-            if dep.__class__.__name__ == "Database":
-                return dep
-        raise RuntimeError(f"{self.service_name}: an Outbox needs a Database dependency")
+        return Database.of(self.container)
 
     def start(self):
         self._running = True

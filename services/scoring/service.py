@@ -39,7 +39,7 @@ class PolicySeed(DependencyProvider):
 
     def start(self):
         config = self.container.config
-        database = next(d for d in self.container.dependencies if isinstance(d, Database))
+        database = Database.of(self.container)
         identity = next(d for d in self.container.dependencies if isinstance(d, Identity))
         ctx = ops.Context(identity.identity.home, identity.identity.tree, outbox=None,
                           default_policy=str(config.get("SCORING_POLICY") or DEFAULT_POLICY))
