@@ -23,6 +23,11 @@ class InvalidEvent(ValueError):
     """A message that can never be processed (a poison message): dead-letter it."""
 
 
+class Payload(BaseModel):
+    """Base of every event payload and its parts: immutable facts with no unknown fields."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Producer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     node: NodeCode = Field(description="division code of the producing stack's home node")

@@ -3,37 +3,34 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
-from services.contracts.events import event_payload
+from services.contracts.events import Payload, event_payload
 from services.contracts.nodes import NodeCode
 from services.contracts.vocab import InspectionKind, PlaceType, Severity, SubjectType
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class GeoPoint(_Frozen):
+class GeoPoint(Payload):
     lat: float = Field(ge=-90, le=90)
     lng: float = Field(ge=-180, le=180)
 
 
-class Evidence(_Frozen):
+class Evidence(Payload):
     uri: str = Field(min_length=1, max_length=1024, description="where the photo is stored")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     taken_at: AwareDatetime | None = None
     gps: GeoPoint | None = None
 
 
-class SubjectRef(_Frozen):
+class SubjectRef(Payload):
     subject_id: str
     node: NodeCode = Field(description="division code the subject belongs to (a child unit's own code)")
     name: str
     subject_type: SubjectType
 
 
-class PlaceRef(_Frozen):
+class PlaceRef(Payload):
     place_id: str
     name: str
     place_type: PlaceType
@@ -45,13 +42,13 @@ class PlaceRef(_Frozen):
     responsible_subject_node: NodeCode | None = None
 
 
-class ChecklistRef(_Frozen):
+class ChecklistRef(Payload):
     catalogue_id: str
     version: str
     code: str
 
 
-class Finding(_Frozen):
+class Finding(Payload):
     """One checklist item with a deduction: each becomes a rectification task."""
     item_code: str
     item_text: str
@@ -69,7 +66,7 @@ class Finding(_Frozen):
 
 
 @event_payload("inspection_submitted", 1)
-class InspectionSubmitted(_Frozen):
+class InspectionSubmitted(Payload):
     inspection_id: UUID
     inspecting_node: NodeCode
     kind: InspectionKind

@@ -1,32 +1,29 @@
 """Events published by the scoring service."""
 from __future__ import annotations
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
-from services.contracts.events import event_payload
+from services.contracts.events import Payload, event_payload
 from services.contracts.nodes import NodeCode
 from services.contracts.periods import PeriodKind
 from services.contracts.vocab import SubjectType
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class ScoredSubject(_Frozen):
+class ScoredSubject(Payload):
     subject_id: str = Field(description="for a child unit, its division code is also its identity upward")
     node: NodeCode
     name: str
     subject_type: SubjectType
 
 
-class PolicyRef(_Frozen):
+class PolicyRef(Payload):
     policy_id: str
     version: int
 
 
 @event_payload("score_published", 1)
-class ScorePublished(_Frozen):
+class ScorePublished(Payload):
     """A subject's score, rank or grade for a period changed (or was first computed).
 
     `revision` grows with every change of the same (subject, period); a consumer keeps the

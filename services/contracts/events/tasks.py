@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
-from services.contracts.events import event_payload
+from services.contracts.events import Payload, event_payload
 from services.contracts.events.inspection import Evidence, InspectionSubmitted, PlaceRef
 from services.contracts.nodes import NodeCode
 from services.contracts.vocab import Severity
@@ -25,17 +25,14 @@ class Light(StrEnum):
     red = "red"        # overdue
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class Responsible(_Frozen):
+class Responsible(Payload):
     subject_id: str
     node: NodeCode
     name: str
 
 
-class TaskRef(_Frozen):
+class TaskRef(Payload):
     """What every task event carries, so consumers (notify, scoring) need no lookups."""
     task_id: str
     inspection_id: str
@@ -53,7 +50,7 @@ class TaskRef(_Frozen):
 
 
 @event_payload("task_opened", 1)
-class TaskOpened(_Frozen):
+class TaskOpened(Payload):
     task: TaskRef
     opened_at: AwareDatetime
     evidence: list[Evidence] = Field(default_factory=list)
@@ -62,7 +59,7 @@ class TaskOpened(_Frozen):
 
 
 @event_payload("task_status_changed", 1)
-class TaskStatusChanged(_Frozen):
+class TaskStatusChanged(Payload):
     task: TaskRef
     from_status: TaskStatus
     to_status: TaskStatus
@@ -72,7 +69,7 @@ class TaskStatusChanged(_Frozen):
 
 
 @event_payload("task_overdue", 1)
-class TaskOverdue(_Frozen):
+class TaskOverdue(Payload):
     """An urge notice (督办单) is due: the deadline passed without a close-out."""
     task: TaskRef
     overdue_since: AwareDatetime
@@ -80,7 +77,7 @@ class TaskOverdue(_Frozen):
 
 
 @event_payload("task_escalated", 1)
-class TaskEscalated(_Frozen):
+class TaskEscalated(Payload):
     task: TaskRef
     to_node: NodeCode = Field(description="the tier above, asked to coordinate")
     reason: str
@@ -89,7 +86,7 @@ class TaskEscalated(_Frozen):
 
 
 @event_payload("task_closed", 1)
-class TaskClosed(_Frozen):
+class TaskClosed(Payload):
     """Close-out (销号): verified on site by the inspecting side."""
     task: TaskRef
     closed_at: AwareDatetime
@@ -99,7 +96,7 @@ class TaskClosed(_Frozen):
 
 
 @event_payload("task_relapsed", 1)
-class TaskRelapsed(_Frozen):
+class TaskRelapsed(Payload):
     """A new finding at the same place for the same item soon after a close-out (反弹)."""
     task: TaskRef
     relapse_of: str
@@ -107,7 +104,7 @@ class TaskRelapsed(_Frozen):
 
 
 @event_payload("ledger_figures_updated", 1)
-class LedgerFiguresUpdated(_Frozen):
+class LedgerFiguresUpdated(Payload):
     """A subject's ledger figures for a month changed; scoring may veto on them."""
     subject_id: str
     node: NodeCode
@@ -124,7 +121,7 @@ class LedgerFiguresUpdated(_Frozen):
 
 
 @event_payload("task_delegated", 1)
-class TaskDelegated(_Frozen):
+class TaskDelegated(Payload):
     """A higher tier's finding handed down to the child stack whose subtree holds the
     responsible subject (published on `chuangwei.down`). The task keeps its id at every
     tier, so each tier's ledger shows the same task; `inspection` carries the one finding.
@@ -135,7 +132,7 @@ class TaskDelegated(_Frozen):
 
 
 @event_payload("coordination_answered", 1)
-class CoordinationAnswered(_Frozen):
+class CoordinationAnswered(Payload):
     """The tier above answers an escalation (协调答复); travels down to the owning ledger."""
     task_id: str
     coordinator_node: NodeCode
@@ -147,7 +144,7 @@ class CoordinationAnswered(_Frozen):
 
 
 @event_payload("coordination_requested", 1)
-class CoordinationRequested(_Frozen):
+class CoordinationRequested(Payload):
     """A child stack escalated one of its tasks to this tier (上报协调), which now owes an
     answer; published on the tasks service's own exchange when the request is opened or reopened."""
     task: TaskRef
