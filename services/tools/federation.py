@@ -137,7 +137,7 @@ def _link_permissions(readable_exchange: str) -> dict:
     # The federation link declares its own queue and exchange ("federation: ...") on the
     # upstream and reads the one exchange it federates; nothing else.
     return {"configure": "^federation: .*", "write": "^federation: .*",
-            "read": f"^({readable_exchange.replace('.', chr(92) + '.')}|federation: .*)$"}
+            "read": f"^({_exact(readable_exchange)[1:-1]}|federation: .*)$"}
 
 
 def wire_tier(config: TierConfig, tier: Tier) -> None:
@@ -150,30 +150,34 @@ def wire_tier(config: TierConfig, tier: Tier) -> None:
             Exchange(name, type="topic", durable=True)(conn.default_channel).declare()
 
 
+def _exact(name: str) -> str:
+    return "^" + name.replace(".", "\\.") + "$"
+
+
+def _wire_one_way(config: TierConfig, upstream: Tier, downstream: Tier, user: str, upstream_exchange: str,
+                  upstream_name: str, downstream_exchange: str, policy: str, policy_definition: dict) -> None:
+    """One link: `downstream`'s exchange federates from `upstream`'s, as `user` (who may read
+    only that exchange on the upstream broker; a fresh random password on every wiring)."""
+    password = secrets.token_urlsafe(24)
+    upstream_api, downstream_api = config.api_of(upstream), config.api_of(downstream)
+    upstream_api.put(f"/users/{user}", {"password": password, "tags": ""})
+    upstream_api.put(f"/permissions/{_vh(upstream.vhost)}/{user}", _link_permissions(upstream_exchange))
+    downstream_api.put(f"/parameters/federation-upstream/{_vh(downstream.vhost)}/{upstream_name}", {"value": {
+        "uri": config.amqp_uri(upstream, user, password), "exchange": upstream_exchange,
+        "max-hops": 1, "ack-mode": "on-confirm", "trust-user-id": False,
+        "reconnect-delay": RECONNECT_DELAY_SECONDS}})
+    downstream_api.put(f"/policies/{_vh(downstream.vhost)}/{policy}", {
+        "pattern": _exact(downstream_exchange), "apply-to": "exchanges",
+        "definition": policy_definition, "priority": 1})
+
+
 def wire_link(config: TierConfig, parent: Tier, child: Tier) -> None:
-    parent_api, child_api = config.api_of(parent), config.api_of(child)
-    # Upward: user on the child's broker; upstream + policy on the parent's.
-    password = secrets.token_urlsafe(24)
-    child_api.put(f"/users/{up_user(child)}", {"password": password, "tags": ""})
-    child_api.put(f"/permissions/{_vh(child.vhost)}/{up_user(child)}", _link_permissions(UP_EXCHANGE))
-    parent_api.put(f"/parameters/federation-upstream/{_vh(parent.vhost)}/child-{child.node}", {"value": {
-        "uri": config.amqp_uri(child, up_user(child), password), "exchange": UP_EXCHANGE,
-        "max-hops": 1, "ack-mode": "on-confirm", "trust-user-id": False,
-        "reconnect-delay": RECONNECT_DELAY_SECONDS}})
-    parent_api.put(f"/policies/{_vh(parent.vhost)}/chuangwei-children", {
-        "pattern": f"^{CHILDREN_EXCHANGE.replace('.', chr(92) + '.')}$", "apply-to": "exchanges",
-        "definition": {"federation-upstream-pattern": "^child-"}, "priority": 1})
-    # Downward: user on the parent's broker; upstream + policy on the child's.
-    password = secrets.token_urlsafe(24)
-    parent_api.put(f"/users/{down_user(child)}", {"password": password, "tags": ""})
-    parent_api.put(f"/permissions/{_vh(parent.vhost)}/{down_user(child)}", _link_permissions(DOWN_EXCHANGE))
-    child_api.put(f"/parameters/federation-upstream/{_vh(child.vhost)}/parent", {"value": {
-        "uri": config.amqp_uri(parent, down_user(child), password), "exchange": DOWN_EXCHANGE,
-        "max-hops": 1, "ack-mode": "on-confirm", "trust-user-id": False,
-        "reconnect-delay": RECONNECT_DELAY_SECONDS}})
-    child_api.put(f"/policies/{_vh(child.vhost)}/chuangwei-parent", {
-        "pattern": f"^{PARENT_EXCHANGE.replace('.', chr(92) + '.')}$", "apply-to": "exchanges",
-        "definition": {"federation-upstream": "parent"}, "priority": 1})
+    # Upward: the parent's chuangwei.children pulls from every child's chuangwei.up.
+    _wire_one_way(config, child, parent, up_user(child), UP_EXCHANGE, f"child-{child.node}", CHILDREN_EXCHANGE,
+                  "chuangwei-children", {"federation-upstream-pattern": "^child-"})
+    # Downward: the child's chuangwei.parent pulls from the parent's chuangwei.down.
+    _wire_one_way(config, parent, child, down_user(child), DOWN_EXCHANGE, "parent", PARENT_EXCHANGE,
+                  "chuangwei-parent", {"federation-upstream": "parent"})
 
 
 def wire(config: TierConfig) -> None:
