@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text  # noqa: E402
 
 from services.inspection.service import InspectionService  # noqa: E402
 from services.scoring.service import ScoringService  # noqa: E402
@@ -33,15 +32,6 @@ from tests import support  # noqa: E402
 
 COMMUNITIES = ["411502008001", "411502008002", "411502008003", "411502008004", "411502008005",
                "411502008006", "411502008007", "411502008008"]
-
-
-def count(database_url: str, sql: str) -> int:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar_one()
-    finally:
-        engine.dispose()
 
 
 def main() -> None:
@@ -80,9 +70,9 @@ def main() -> None:
             latencies = list(pool.imap(submit, range(args.inspections)))
             submitted = time.perf_counter() - began
             findings = sum(1 for i in range(args.inspections) if i % 4)
-            support.wait_until(lambda: count(database_url, "select count(*) from scoring_processed_events")
+            support.wait_until(lambda: support.scalar(database_url, "select count(*) from scoring_processed_events")
                                >= args.inspections, timeout=600, interval=0.2, message="scoring consumed all")
-            support.wait_until(lambda: count(database_url, "select count(*) from tasks_tasks") >= findings,
+            support.wait_until(lambda: support.scalar(database_url, "select count(*) from tasks_tasks") >= findings,
                                timeout=600, interval=0.2, message="tasks opened")
             settled = time.perf_counter() - began
     finally:

@@ -129,6 +129,17 @@ class PostgresAdmin:
             conn.close()
 
 
+def scalar(database_url: str, sql: str):
+    """One value from a database, read the way an operator would: a fresh connection."""
+    from sqlalchemy import create_engine, text
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 

@@ -25,8 +25,6 @@ from services.inspection.schemas import (InspectionIn, InspectionOut, ItemResult
                                          ChecklistChoice)
 
 
-NotFoundError = UnknownReference
-ConflictError = StateConflict
 
 
 class OutboxLike(Protocol):
@@ -67,7 +65,7 @@ def register_subject(session: Session, data: SubjectCreate, jurisdiction: Jurisd
         Subject.node == data.node, Subject.subject_type == data.subject_type.value,
         Subject.name == data.name)).scalar_one_or_none()
     if existing is not None:
-        raise ConflictError("name", f"subject {data.name!r} is already registered as {existing.id}")
+        raise StateConflict("name", f"subject {data.name!r} is already registered as {existing.id}")
     subject = Subject(id=str(uuid.uuid4()), subject_type=data.subject_type.value, node=data.node,
                       name=data.name, contacts=data.contacts, created_at=_now())
     session.add(subject)
@@ -78,7 +76,7 @@ def register_subject(session: Session, data: SubjectCreate, jurisdiction: Jurisd
 def get_subject(session: Session, subject_id: str, field: str = "subject_id") -> Subject:
     subject = session.get(Subject, subject_id)
     if subject is None:
-        raise NotFoundError(field, f"unknown subject {subject_id!r}")
+        raise UnknownReference(field, f"unknown subject {subject_id!r}")
     return subject
 
 
@@ -114,7 +112,7 @@ def register_place(session: Session, data: PlaceCreate, jurisdiction: Jurisdicti
 def get_place(session: Session, place_id: str, field: str = "place_id") -> Place:
     place = session.get(Place, place_id)
     if place is None:
-        raise NotFoundError(field, f"unknown place {place_id!r}")
+        raise UnknownReference(field, f"unknown place {place_id!r}")
     return place
 
 
@@ -255,16 +253,16 @@ def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue
         session.flush()
     except IntegrityError:
         # Two retries raced past the lookup; the caller retries and finds the winner.
-        raise ConflictError("idempotency_key", "a concurrent request with this key is in progress; retry")
+        raise StateConflict("idempotency_key", "a concurrent request with this key is in progress; retry")
     return inspection_out(insp, catalogue), True
 
 
 def _draft(session: Session, inspection_id: str) -> Inspection:
     insp = session.get(Inspection, inspection_id)
     if insp is None:
-        raise NotFoundError("inspection_id", f"unknown inspection {inspection_id!r}")
+        raise UnknownReference("inspection_id", f"unknown inspection {inspection_id!r}")
     if insp.status != "draft":
-        raise ConflictError("status", "the inspection is already submitted; submitted inspections are final")
+        raise StateConflict("status", "the inspection is already submitted; submitted inspections are final")
     return insp
 
 
@@ -297,7 +295,7 @@ def submit_draft(session: Session, inspection_id: str, catalogue: Catalogue, jur
 def get_inspection(session: Session, inspection_id: str, catalogue: Catalogue) -> InspectionOut:
     insp = session.get(Inspection, inspection_id)
     if insp is None:
-        raise NotFoundError("inspection_id", f"unknown inspection {inspection_id!r}")
+        raise UnknownReference("inspection_id", f"unknown inspection {inspection_id!r}")
     return inspection_out(insp, catalogue)
 
 

@@ -4,7 +4,6 @@ loses nothing and counts nothing twice."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from services.tools import federation
 from tests import support
@@ -76,15 +75,6 @@ def settle(predicate, message, timeout=60):
     return support.wait_until(predicate, timeout=timeout, interval=0.3, message=message)
 
 
-def count(database_url, sql):
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar_one()
-    finally:
-        engine.dispose()
-
-
 def test_four_tiers(tier_chain):
     config, stacks = tier_chain(TIERS)
     city, district, street, community = (stacks[n] for n in (CITY, SHIHE, JINNIUSHAN, ZHOUJIASHAN))
@@ -132,11 +122,12 @@ def test_four_tiers(tier_chain):
 
     # --- a link outage: the street's reports wait, then arrive, each exactly once -------------
     def received():
-        return count(district.database_url, "select count(*) from scoring_processed_events "
-                                            "where consumer = 'scoring.on_child_score_published'")
+        return support.scalar(district.database_url, "select count(*) from scoring_processed_events "
+                                                     "where consumer = 'scoring.on_child_score_published'")
 
     def sent():
-        return count(street.database_url, "select count(*) from scoring_outbox where exchange = 'chuangwei.up'")
+        return support.scalar(street.database_url,
+                              "select count(*) from scoring_outbox where exchange = 'chuangwei.up'")
     settle(lambda: received() == sent(), "every report so far heard")
     sent_before = sent()
     federation.set_upward_link(config, JINNIUSHAN, enabled=False)
@@ -146,8 +137,9 @@ def test_four_tiers(tier_chain):
     inspect(street.inspection, xiang, 96, 17)                                   # 飨堂: 90 → street 89.375
     settle(lambda: score_of(street, "community", XIANGTANG) == 90.0
            and score_of(street, "community", ZHOUJIASHAN) == 88.75, "street updated while cut off")
-    settle(lambda: count(street.database_url, "select count(*) from scoring_outbox where exchange = 'chuangwei.up' "
-                                              "and published_at is null") == 0, "street's reports left its outbox")
+    settle(lambda: support.scalar(street.database_url, "select count(*) from scoring_outbox "
+                                                       "where exchange = 'chuangwei.up' and published_at is null") == 0,
+           "street's reports left its outbox")
     assert score_of(district, "street", JINNIUSHAN) == 86.75                    # the district has not heard
     federation.set_upward_link(config, JINNIUSHAN, enabled=True)
     settle(lambda: score_of(district, "street", JINNIUSHAN) == pytest.approx(89.375, abs=0.006),
