@@ -1,7 +1,7 @@
 """Inspection service: the registry of subjects and places, and on-site inspections.
 
 Entrypoints only: parsing and validation happen in the shared HTTP layer, rules in
-`domain`, use cases in `operations`. (The ops mixin is imported as a module so that
+`domain`, use cases in `operations`. (The operator-endpoints mixin is imported as a module so that
 `nameko run services.inspection.service` finds only this service class.)
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ from services.inspection.schemas import (InspectionIn, InspectionOut, ListQuery,
                                          PlaceQuery, SubjectCreate, SubjectOut)
 from services.plumbing.db import Database
 from services.plumbing.http import api
-from services.plumbing import ops as ops_endpoints
+from services.plumbing import operator_endpoints
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import CatalogueProvider, Identity
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class InspectionService(ops_endpoints.OpsEndpoints):
+class InspectionService(operator_endpoints.OperatorEndpoints):
     name = "inspection"
 
     db = Database(MIGRATIONS)

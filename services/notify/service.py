@@ -1,7 +1,7 @@
 """Notification service: notices, urge notices and bulletins — delivered, never lost, never doubled.
 
 Entrypoints only: routing rules in `domain`, bulletin assembly in `bulletin`, rendering in
-`templates`, use cases in `operations`, sending in `delivery`. (The ops mixin is imported
+`templates`, use cases in `operations`, sending in `delivery`. (The operator-endpoints mixin is imported
 as a module so that `nameko run services.notify.service` finds only this service class.)
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from services.notify.schemas import (BulletinIn, BulletinOut, BulletinQuery, Con
                                      NewsletterOut, NotificationOut, NotificationQuery, ReplayIn, RuleSetIn,
                                      RuleSetOut, TemplateIn, TemplateOut)
 from services.notify.templates import TEMPLATE_NAMES, Templates
-from services.plumbing import ops as ops_endpoints
+from services.plumbing import operator_endpoints
 from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api
@@ -56,7 +56,7 @@ def _own_node(code: str, home: str) -> str:
     return node
 
 
-class NotifyService(ops_endpoints.OpsEndpoints):
+class NotifyService(operator_endpoints.OperatorEndpoints):
     name = "notify"
 
     db = Database(MIGRATIONS)

@@ -1,7 +1,7 @@
 """Scoring service: period scores, composites, vetoes, rankings and the roll-up (考评排名).
 
 Entrypoints only: parsing and validation happen in the shared HTTP layer, rules in
-`domain`, use cases in `operations`. (The ops mixin is imported as a module so that
+`domain`, use cases in `operations`. (The operator-endpoints mixin is imported as a module so that
 `nameko run services.scoring.service` finds only this service class.)
 
 Config: SCORING_POLICY — the shipped policy the home node starts with ("street", the
@@ -15,7 +15,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy.orm import Session
 
 from services.contracts.tiers import CHILDREN_EXCHANGE
-from services.plumbing import ops as ops_endpoints
+from services.plumbing import operator_endpoints
 from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api
@@ -51,7 +51,7 @@ class PolicySeed(DependencyProvider):
         return str(self.container.config.get("SCORING_POLICY") or DEFAULT_POLICY)
 
 
-class ScoringService(ops_endpoints.OpsEndpoints):
+class ScoringService(operator_endpoints.OperatorEndpoints):
     name = "scoring"
 
     db = Database(MIGRATIONS)

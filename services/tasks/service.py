@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 
 from services.contracts.tiers import CHILDREN_EXCHANGE, PARENT_EXCHANGE, subtree_binding
 from services.plumbing.config import home_node
-from services.plumbing import ops as ops_endpoints
+from services.plumbing import operator_endpoints
 from services.plumbing.clock import Clock
 from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class TasksService(ops_endpoints.OpsEndpoints):
+class TasksService(operator_endpoints.OperatorEndpoints):
     name = "tasks"
 
     db = Database(MIGRATIONS)

@@ -1,6 +1,6 @@
 """Operator endpoints every service inherits: /health, /metrics, /openapi.json.
 
-    class InspectionService(OpsEndpoints): ...
+    class InspectionService(OperatorEndpoints): ...
 
 /health checks the databases of every service in the process and the broker; /metrics is
 the process's Prometheus registry; /openapi.json describes this service's routes.
@@ -18,7 +18,7 @@ from services.plumbing.http import ROUTES, api, json_response
 from services.plumbing.openapi import build_openapi
 
 
-class OpsEndpoints:
+class OperatorEndpoints:
     name: str
     config = Config()
 
