@@ -85,6 +85,13 @@ class Period:
             return (date(year, 1, 1), date(year, 7, 1)) if h == 1 else (date(year, 7, 1), date(year + 1, 1, 1))
         return date(year, 1, 1), date(year + 1, 1, 1)
 
+    def instants(self) -> tuple[datetime, datetime]:
+        """The bounds as aware instants: midnight China Standard Time of the first day and
+        of the day after the last."""
+        start, end = self.bounds()
+        return (datetime(start.year, start.month, start.day, tzinfo=CST),
+                datetime(end.year, end.month, end.day, tzinfo=CST))
+
     def months(self) -> list["Period"]:
         """The months a quarter, half year or year is made of (a month is itself)."""
         start, end = self.bounds()

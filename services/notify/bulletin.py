@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, time, timezone
+from datetime import datetime, timezone
 from typing import Iterable
 
-from services.contracts.periods import CST, Period, PeriodKind
+from services.contracts.periods import Period, PeriodKind
 from services.notify.domain import BulletinPolicy
 
 
@@ -91,9 +91,7 @@ class BulletinData:
 
 def period_window(period: Period) -> tuple[datetime, datetime]:
     """The period's bounds as UTC instants (periods are China Standard Time calendar periods)."""
-    start, end = period.bounds()
-    return (datetime.combine(start, time(0), CST).astimezone(timezone.utc),
-            datetime.combine(end, time(0), CST).astimezone(timezone.utc))
+    return tuple(moment.astimezone(timezone.utc) for moment in period.instants())
 
 
 def movement_text(movement: int | None) -> str:

@@ -494,12 +494,6 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
 # --- ledger views and exports ---------------------------------------------------------------
 
 
-def _period_bounds(key: str) -> tuple[datetime, datetime]:
-    start, end = Period.parse(key).bounds()
-    return (datetime(start.year, start.month, start.day, tzinfo=CST),
-            datetime(end.year, end.month, end.day, tzinfo=CST))
-
-
 def _ledger_stmt(query: LedgerQuery, now: datetime):
     stmt = select(Task)
     if query.subject_id:
@@ -515,7 +509,7 @@ def _ledger_stmt(query: LedgerQuery, now: datetime):
     if query.relapse is not None:
         stmt = stmt.where(Task.relapse_of.is_not(None) if query.relapse else Task.relapse_of.is_(None))
     if query.period:
-        start, end = _period_bounds(query.period)
+        start, end = Period.parse(query.period).instants()
         stmt = stmt.where(Task.found_at >= start, Task.found_at < end)
     if query.light:
         not_closed = Task.status != TaskStatus.closed.value

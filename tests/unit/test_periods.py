@@ -35,3 +35,9 @@ def test_months_and_previous():
     assert Period.parse("2026-01").previous().key == "2025-12"
     assert Period.parse("2026-Q1").previous().key == "2025-Q4"
     assert Period.parse("2026-W01").previous().key == "2025-W52"
+
+
+def test_instants_are_beijing_midnights():
+    start, end = Period.parse("2026-11").instants()
+    assert start == datetime(2026, 10, 31, 16, 0, tzinfo=timezone.utc)
+    assert end == datetime(2026, 11, 30, 16, 0, tzinfo=timezone.utc)
