@@ -14,7 +14,7 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sql import advisory_xact_lock, insert_for, is_postgres
+from services.plumbing.sql import advisory_xact_lock, insert_ignore, is_postgres
 from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
 from services.contracts.events import EventEnvelope
 from services.contracts.events.inspection import InspectionSubmitted
@@ -67,12 +67,6 @@ def node_chain(node: str) -> list[str]:
     while (up := parent_of(chain[-1])) is not None:
         chain.append(up)
     return chain
-
-
-def _insert_ignore(session: Session, table, values: dict) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING; True if the row was inserted."""
-    result = session.execute(insert_for(session)(table).values(**values).on_conflict_do_nothing())
-    return result.rowcount == 1
 
 
 # --- contacts -------------------------------------------------------------------------
@@ -247,7 +241,7 @@ def notify(session: Session, ctx: NotifyContext, trigger: str, event_id: str, ev
             rendered[plan.notice] = ctx.templates.render(plan.notice.value, base_context, chain, overrides)
         r = rendered[plan.notice]
         notification_id = str(uuid.uuid4())
-        inserted = _insert_ignore(session, Notification.__table__, dict(
+        inserted = insert_ignore(session, Notification.__table__, dict(
             id=notification_id, dedupe_key=plan.dedupe_key, event_id=event_id, event_type=event_type,
             notice_type=plan.notice.value, rule_id=plan.rule_id, node=node, contact_id=plan.contact.contact_id,
             role=plan.role.value, channel=plan.channel.value,

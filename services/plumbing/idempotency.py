@@ -8,7 +8,7 @@ from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.orm import Session
 
 from services.contracts.events import EventEnvelope, parse_event
-from services.plumbing.sql import UtcDateTime, insert_for
+from services.plumbing.sql import UtcDateTime, insert_ignore
 
 DUPLICATE = "duplicate"
 """What a consumer returns for an event it had already processed."""
@@ -34,8 +34,7 @@ def claim_event(session: Session, table: Table, event_id, consumer: str, event_t
     """
     values = dict(event_id=str(event_id), consumer=consumer, event_type=event_type,
                   processed_at=datetime.now(timezone.utc))
-    result = session.execute(insert_for(session)(table).values(**values).on_conflict_do_nothing())
-    return result.rowcount == 1
+    return insert_ignore(session, table, values)
 
 
 def apply_once(db, processed: Table, body: Any, event_type: str, consumer: str,

@@ -3,7 +3,8 @@
 - Times: PostgreSQL's timestamptz keeps the instant; SQLite keeps only the wall-clock digits
   it is given and hands them back naive. `UtcDateTime` stores every value as UTC and marks
   it UTC on the way out, so 09:30+08:00 is 01:30Z in both.
-- Upserts: `insert_for(bind)` is the dialect's INSERT with ON CONFLICT support.
+- Upserts: `insert_for(bind)` is the dialect's INSERT with ON CONFLICT support;
+  `insert_ignore` inserts a row unless its key exists.
 - Locks: `advisory_xact_lock(bind, key)` serialises work across instances on PostgreSQL
   until the transaction ends; SQLite has a single writer already.
 """
@@ -52,6 +53,13 @@ def insert_for(bind):
     else:  # pragma: no cover - the project supports PostgreSQL and SQLite
         raise RuntimeError(f"unsupported database dialect {name}")
     return insert
+
+
+def insert_ignore(session, table, values: dict) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True if the row was inserted. A concurrent insert of
+    the same key waits for the other transaction, then inserts nothing."""
+    result = session.execute(insert_for(session)(table).values(**values).on_conflict_do_nothing())
+    return result.rowcount == 1
 
 
 def advisory_xact_lock(bind, key: str) -> None:
