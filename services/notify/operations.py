@@ -14,7 +14,7 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sql import advisory_xact_lock, insert_ignore, is_postgres
+from services.plumbing.sql import advisory_xact_lock, insert_ignore
 from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
 from services.contracts.events import EventEnvelope
 from services.contracts.events.inspection import InspectionSubmitted
@@ -416,8 +416,7 @@ def claim_due(session: Session, channel: str, limit: int, lease: timedelta,
     stmt = (select(Delivery, Notification).join(Notification, Notification.id == Delivery.notification_id)
             .where(Delivery.channel == channel, Delivery.status == "pending", Delivery.next_attempt_at <= now)
             .order_by(Delivery.next_attempt_at).limit(limit))
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
+    stmt = stmt.with_for_update(skip_locked=True, of=Delivery)
     jobs = []
     for d, n in session.execute(stmt).all():
         d.next_attempt_at = now + lease
@@ -432,8 +431,7 @@ def record_attempt(session: Session, delivery_id: str, error: str | None, policy
     """Record one try: 'sent', 'retried' (next try after the backoff) or 'dead_lettered'."""
     now = now or _now()
     stmt = select(Delivery).where(Delivery.id == delivery_id)
-    if is_postgres(session):
-        stmt = stmt.with_for_update()
+    stmt = stmt.with_for_update()
     d = session.execute(stmt).scalar_one()
     if d.status != "pending":
         return d.status  # someone else finished it meanwhile
@@ -476,8 +474,7 @@ def replay_dead_letter(session: Session, dead_letter_id: str, operator: str | No
     """Give a dead delivery a fresh set of attempts, due now."""
     now = now or _now()
     stmt = select(DeadLetter).where(DeadLetter.id == dead_letter_id)
-    if is_postgres(session):
-        stmt = stmt.with_for_update()
+    stmt = stmt.with_for_update()
     dl = session.execute(stmt).scalar_one_or_none()
     if dl is None:
         raise UnknownReference("dead_letter_id", f"unknown dead letter {dead_letter_id!r}")

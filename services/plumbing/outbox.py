@@ -148,9 +148,8 @@ class Outbox(DependencyProvider):
         with Session(engine) as session, session.begin():
             query = (select(table.c.id, table.c.exchange, table.c.routing_key, table.c.body)
                      .where(table.c.published_at.is_(None)).order_by(table.c.id).limit(self.batch_size))
-            if engine.dialect.name == "postgresql":
-                # Several instances may relay the same table.
-                query = query.with_for_update(skip_locked=True)
+            # Several instances may relay the same table (SQLite ignores the clause: one writer).
+            query = query.with_for_update(skip_locked=True)
             rows = session.execute(query).all()
             if rows:
                 channel = connection.default_channel

@@ -16,7 +16,7 @@ from typing import Iterable, Protocol
 from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.sql import insert_for, is_postgres
+from services.plumbing.sql import insert_for
 from services.contracts.errors import PermissionDenied, StateConflict, UnknownReference
 from services.contracts.nodes import is_within
 from services.contracts.tiers import DOWN_EXCHANGE, UP_EXCHANGE, routing_key as tier_routing_key
@@ -450,8 +450,7 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
                                Task.delegated_to.is_(None))
             .order_by(Task.deadline_at, Task.id).limit(settings.sweep_batch)
             .execution_options(populate_existing=True))
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True)
+    stmt = stmt.with_for_update(skip_locked=True)
     tasks = session.execute(stmt).scalars().all()
     marked = urged = escalated = 0
     touched = []
