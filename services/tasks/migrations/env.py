@@ -1,4 +1,4 @@
 from services.tasks.models import Base
-from services.plumbing.migrations import run_env
+from services.plumbing.alembic_env import run_env
 
 run_env(Base.metadata, "tasks")
