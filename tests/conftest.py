@@ -124,3 +124,13 @@ def event_tap(amqp_uri):
     yield make
     for tap in taps:
         tap.close()
+
+
+@pytest.fixture(autouse=True)
+def real_clock():
+    """The controllable clock is the process's: whatever a test set, the next test starts
+    on real time (a clock left in March would back-date every later test's inspections)."""
+    from services.plumbing import clock
+    clock.reset()
+    yield
+    clock.reset()

@@ -101,12 +101,19 @@ class PostgresAdmin:
 
     def _connect(self):
         import psycopg2
-        try:
-            conn = psycopg2.connect(self.admin_url, connect_timeout=5)
-        except psycopg2.OperationalError as exc:
-            raise InfrastructureMissing(
-                f"PostgreSQL is not reachable at {self.admin_url} ({exc}); start it or set "
-                "TEST_PG_ADMIN_URL") from exc
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = psycopg2.connect(self.admin_url, connect_timeout=5)
+                break
+            except psycopg2.OperationalError as exc:
+                # The server is shared: its connection slots may all be taken for a moment.
+                if "too many clients" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(1)
+                    continue
+                raise InfrastructureMissing(
+                    f"PostgreSQL is not reachable at {self.admin_url} ({exc}); start it or set "
+                    "TEST_PG_ADMIN_URL") from exc
         conn.autocommit = True
         return conn
 
@@ -140,16 +147,78 @@ def scalar(database_url: str, sql: str):
         engine.dispose()
 
 
+def scalar_rows(database_url: str, sql: str) -> list[tuple]:
+    """Every row of a query, read on a fresh connection (see `scalar`)."""
+    from sqlalchemy import create_engine, text
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-class ApiClient:
-    """A tiny JSON client for one service's HTTP port (nameko's web_session breaks on Werkzeug 3)."""
+# --- identity for the tests: one issuer key per test run, tokens minted as needed ---
 
-    def __init__(self, base_url: str):
+TEST_PROVINCE = "410000000000"
+_ISSUER_KEY = None
+
+
+def issuer_key():
+    """The test run's token-signing key (the accounts service has its own in a real stack)."""
+    global _ISSUER_KEY
+    if _ISSUER_KEY is None:
+        from services.plumbing.auth import SigningKey
+        _ISSUER_KEY = SigningKey.generate(kid="test-issuer")
+    return _ISSUER_KEY
+
+
+def auth_config() -> dict:
+    return {"AUTH_JWKS": issuer_key().jwks(), "AUTH_ISSUER": "chuangwei", "AUTH_AUDIENCE": "chuangwei"}
+
+
+def token(name: str = "测试管理员", grants=None, *, subject: str | None = None, ttl: int = 600,
+          kind: str = "user") -> str:
+    """An access token for `grants` [(role, node), ...]; by default every role on the whole
+    province, which is what tests that are not about permissions act as."""
+    from services.plumbing.auth import ROLES, access_claims
+    if grants is None:
+        grants = [(role, TEST_PROVINCE) for role in ROLES]
+    claims = access_claims(subject or f"user-{name}", name, [{"role": r, "node": n} for r, n in grants],
+                           ttl=ttl, kind=kind)
+    return issuer_key().sign(claims)
+
+
+def bearer(name: str = "测试管理员", grants=None, **kw) -> dict:
+    return {"Authorization": f"Bearer {token(name, grants, **kw)}"}
+
+
+class ApiClient:
+    """A tiny JSON client for one service's HTTP port (nameko's web_session breaks on Werkzeug 3).
+
+    Signed in by default as a test user holding every role on the province; pass `token`
+    (a string, or None for an anonymous client) to act as someone else."""
+
+    _DEFAULT = object()
+
+    def __init__(self, base_url: str, token=_DEFAULT):
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
+        if token is ApiClient._DEFAULT:
+            token = globals()["token"]()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def as_user(self, name: str, grants, **kw) -> "ApiClient":
+        """Another client on the same service, signed in as `name` with `grants`."""
+        return ApiClient(self.base_url, token=token(name, grants, **kw))
+
+    def anonymous(self) -> "ApiClient":
+        return ApiClient(self.base_url, token=None)
 
     def request(self, method: str, path: str, json_body=None, data=None, headers=None, **kw):
         return self.session.request(method, self.base_url + path, json=json_body, data=data,
@@ -174,6 +243,41 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1, message:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+def events_consumed(api: "ApiClient", service: str, event_type: str, outcomes=None) -> float:
+    """How many `event_type` messages `service` has finished with, from its /metrics (every
+    outcome, or only `outcomes`). A consumer counts a message after its transaction commits,
+    so once this reaches the number sent, whatever those messages were going to change has
+    changed: the point to check that nothing more happened, without sleeping."""
+    from prometheus_client.parser import text_string_to_metric_families
+    total = 0.0
+    for family in text_string_to_metric_families(api.get("/metrics").text):
+        if family.name != "chuangwei_events_consumed":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name == "chuangwei_events_consumed_total" and labels.get("service") == service
+                    and labels.get("event_type") == event_type
+                    and (outcomes is None or labels.get("outcome") in outcomes)):
+                total += sample.value
+    return total
+
+
+def metric(api: "ApiClient", sample: str, **labels) -> float:
+    """One sample's value from a service's /metrics (0 when it has not been recorded yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(api.get("/metrics").text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def wait_consumed(api: "ApiClient", service: str, event_type: str, count: float, timeout: float = 30.0) -> None:
+    """Wait until `service` has finished with `count` `event_type` messages (see events_consumed)."""
+    wait_until(lambda: events_consumed(api, service, event_type) >= count, timeout,
+               message=f"{service} to finish with {count:g} × {event_type}")
 
 
 class EventTap:
@@ -224,6 +328,9 @@ def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **
         "WEB_ADDRESSES": {},
         "max_workers": 10,
         "serializer": "json",
+        "DB_POOL_SIZE": 3,
+        "DB_MAX_OVERFLOW": 5,
+        **auth_config(),
     }
     config.update(extra)
     return config

@@ -304,3 +304,27 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
 def default_catalogue() -> Catalogue:
     """The packaged default catalogue, loaded once per process."""
     return load_catalogue()
+
+
+# --- the ten content areas (十项内容) -------------------------------------------------
+
+TEN_AREAS = {
+    "ORG": "爱国卫生组织管理", "EDU": "健康教育", "CITY": "市容环境卫生", "ENVP": "环境保护",
+    "PUB": "公共场所和生活饮用水卫生", "FOOD": "食品安全", "DIS": "传染病防治", "VEC": "病媒生物防制",
+    "UNIT": "单位和居民区卫生", "UV": "城中村及城乡结合部卫生",
+}
+# Where the place checklists file in the national standard's ten areas (the re-review's
+# archive is kept per area): toilets, refuse stations, markets, alleys, sites and rivers are
+# city appearance and sanitation; the five smalls public places; urban villages their own.
+CHECKLIST_AREAS = {
+    "public-toilet": "CITY", "refuse-station": "CITY", "farmers-market": "CITY", "back-alley": "CITY",
+    "construction-site": "CITY", "river": "CITY", "five-smalls": "PUB", "urban-village": "UV",
+}
+
+
+def area_of(checklist_code: str, category_code: str | None = None) -> str | None:
+    """The content area an inspection (or one finding) belongs to: the category itself on the
+    ten-areas checklist, else the area its place checklist files under."""
+    if checklist_code == "national-ten-areas":
+        return category_code if category_code in TEN_AREAS else None
+    return CHECKLIST_AREAS.get(checklist_code)

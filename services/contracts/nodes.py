@@ -89,11 +89,16 @@ def ancestors_of(code: str) -> list[str]:
     return out
 
 
+def subtree_prefix(code: str) -> str:
+    """The significant digits of `code`: every code in its subtree starts with them (for SQL
+    `LIKE 'prefix%'` filters)."""
+    full = normalize_code(code)
+    return full[: _LEVEL_DIGITS[tier_of(full).depth]]
+
+
 def is_within(code: str, ancestor: str) -> bool:
     """True if `code` is `ancestor` itself or lies inside it."""
-    full, anc = normalize_code(code), normalize_code(ancestor)
-    prefix = anc[: _LEVEL_DIGITS[tier_of(anc).depth]]
-    return full.startswith(prefix)
+    return normalize_code(code).startswith(subtree_prefix(ancestor))
 
 
 def _validate_code(value: str) -> str:

@@ -25,6 +25,24 @@ class InvalidPeriod(ValueError):
     pass
 
 
+# The years a campaign record can belong to. The sanitary-city campaign long predates 2000's
+# records only on paper; beyond 2099 is a typo. Keeping periods and instants inside these
+# bounds also keeps every date computation (previous period, next month) inside Python's.
+FIRST_YEAR = 2000
+LAST_YEAR = 2099
+EARLIEST = datetime(FIRST_YEAR, 1, 1, tzinfo=CST)
+LATEST = datetime(LAST_YEAR + 1, 1, 1, tzinfo=CST)
+
+
+def check_campaign_instant(moment: datetime) -> datetime:
+    """`moment` if it lies within the campaign years, else ValueError (for pydantic fields)."""
+    if moment.tzinfo is None:
+        raise ValueError("needs a time zone (e.g. +08:00)")
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"must lie between {FIRST_YEAR}-01-01 and {LAST_YEAR}-12-31 (China Standard Time)")
+    return moment
+
+
 _PATTERNS = [
     (PeriodKind.week, re.compile(r"^(\d{4})-W(\d{2})$")),
     (PeriodKind.month, re.compile(r"^(\d{4})-(\d{2})$")),
@@ -45,6 +63,8 @@ class Period:
             m = pattern.match(key or "")
             if m:
                 year, n = int(m.group(1)), int(m.group(2)) if m.lastindex and m.lastindex > 1 else 0
+                if not FIRST_YEAR <= year <= LAST_YEAR:
+                    raise InvalidPeriod(f"period {key!r}: the year must lie between {FIRST_YEAR} and {LAST_YEAR}")
                 if kind == PeriodKind.week and not 1 <= n <= date(year, 12, 28).isocalendar()[1]:
                     raise InvalidPeriod(f"period {key!r}: week {n} does not exist in {year}")
                 if kind == PeriodKind.month and not 1 <= n <= 12:

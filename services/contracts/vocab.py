@@ -75,3 +75,15 @@ class Severity(StrEnum):
 
 
 SEVERITY_LABELS = {Severity.minor: "一般", Severity.major: "较重", Severity.critical: "严重"}
+
+
+def movement_text(movement: int | None) -> str:
+    """A rank's movement as bulletins, the console and the demo print it: 新 for a first
+    ranking, ↑n up, ↓n down, — unchanged."""
+    if movement is None:
+        return "新"
+    if movement > 0:
+        return f"↑{movement}"
+    if movement < 0:
+        return f"↓{-movement}"
+    return "—"

@@ -5,15 +5,24 @@ No nameko or database imports: unit-tested directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Protocol, Sequence
+from datetime import datetime
+from typing import Any, Iterable, Protocol, Sequence
 
+from services.contracts.bounds import not_in_future
 from services.contracts.errors import RuleViolation
+from services.contracts.identity import Principal
 from services.contracts.checklists import Checklist, ChecklistCategory, ChecklistItem, ChecklistLookupError
+from services.contracts.nodes import subtree_prefix
 
 DEFAULT_SCALE = 100
-# Phones' clocks drift; an inspection a few minutes "in the future" is a clock, not a lie.
-FUTURE_TOLERANCE = timedelta(minutes=5)
+# Phones' clocks drift and offline captures carry the phone's time: up to a day ahead is a
+# clock, more is a mistake (or a lie).
+FUTURE_TOLERANCE_HOURS = 24
+
+UNANNOUNCED = "unannounced"
+# What the subject side of an unannounced inspection (暗访) never learns: who inspected it,
+# the office's private note, and who recorded, submitted and released it.
+REDACTED_FIELDS = ("inspectors", "note", "recorded_by", "submitted_by", "released_by")
 
 
 class InspectionRuleViolation(RuleViolation):
@@ -57,8 +66,40 @@ class ScoreSheet:
 
 
 def check_inspected_at(inspected_at: datetime, now: datetime, field_name: str = "inspected_at") -> None:
-    if inspected_at > now + FUTURE_TOLERANCE:
-        raise InspectionRuleViolation(field_name, f"{inspected_at.isoformat()} is in the future")
+    if not not_in_future(inspected_at, now, FUTURE_TOLERANCE_HOURS):
+        raise InspectionRuleViolation(
+            field_name, f"{inspected_at.isoformat()} lies more than {FUTURE_TOLERANCE_HOURS} hours in the "
+                        f"future (检查时间不能晚于当前时间一天以上)")
+
+
+# --- who sees what --------------------------------------------------------------------
+
+
+def subtree_prefixes(nodes: Iterable[str]) -> list[str]:
+    return sorted({subtree_prefix(n) for n in nodes})
+
+
+def on_inspecting_side(caller: Principal, inspecting_node: str) -> bool:
+    return caller.on_inspecting_side(inspecting_node)
+
+
+def may_see_inspection(caller: Principal, *, kind: str, subject_node: str, inspecting_node: str,
+                       released: bool) -> bool:
+    """An inspection is seen by whoever sees its subject's node, except an unannounced one
+    (暗访), drafts included: only the inspecting side sees it until the office releases it."""
+    if on_inspecting_side(caller, inspecting_node):
+        return True
+    if not caller.sees(subject_node):
+        return False
+    return kind != UNANNOUNCED or released
+
+
+def redacted_for(caller: Principal, *, kind: str, inspecting_node: str) -> tuple[str, ...]:
+    """The fields withheld from this caller: for an unannounced inspection, everything that
+    names the inspecting office's people, for anyone not on the inspecting side."""
+    if kind == UNANNOUNCED and not on_inspecting_side(caller, inspecting_node):
+        return REDACTED_FIELDS
+    return ()
 
 
 def deduction_for(item: ChecklistItem, findings: int, requested: float | None, where: str) -> float:

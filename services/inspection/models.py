@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.plumbing.idempotency import make_processed_events_table
@@ -63,6 +63,16 @@ class Inspection(Base):
     points_available: Mapped[float | None] = mapped_column(Float)
     points_deducted: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The office that made the inspection (its stack's home node): its side sees an
+    # unannounced inspection (暗访) before release and the inspectors' names always.
+    # NULL on rows from before it was recorded: those were made by this stack's home.
+    inspecting_node: Mapped[str | None] = mapped_column(String(12))
+    # Who did it, from the verified caller (never from the request body).
+    recorded_by: Mapped[str | None] = mapped_column(Text)
+    submitted_by: Mapped[str | None] = mapped_column(Text)
+    # 暗访 only: when and by whom the inspecting office made it known to its subject.
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    released_by: Mapped[str | None] = mapped_column(Text)
 
     results: Mapped[list["ItemResult"]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan", order_by="ItemResult.position")
@@ -86,6 +96,42 @@ class ItemResult(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     inspection: Mapped[Inspection] = relationship(back_populates="results")
+
+
+class Schedule(Base):
+    """An office's rhythm (检查计划): which subjects or place types are checked how often, by whom."""
+    __tablename__ = "inspection_schedules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(12), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    frequency: Mapped[str] = mapped_column(String(16))  # daily | weekly | monthly
+    subject_type: Mapped[str | None] = mapped_column(String(32))
+    subject_id: Mapped[str | None] = mapped_column(String(36))
+    place_type: Mapped[str | None] = mapped_column(String(32))
+    inspectors: Mapped[list] = mapped_column(JSON, default=list)
+    counts: Mapped[bool] = mapped_column(Boolean, default=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_by: Mapped[str | None] = mapped_column(Text)
+
+
+class MissedCheck(Base):
+    """A scheduled check that did not happen in an ended period: flagged (and told) once."""
+    __tablename__ = "inspection_missed_checks"
+    __table_args__ = (UniqueConstraint("schedule_id", "target_id", "period", name="uq_inspection_missed_check"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("inspection_schedules.id"), index=True)
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[str] = mapped_column(String(36))
+    target_name: Mapped[str] = mapped_column(String(200))
+    target_node: Mapped[str] = mapped_column(String(12))
+    period: Mapped[str] = mapped_column(String(16))
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    period_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    flagged_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 outbox = make_outbox_table(Base.metadata, "inspection")

@@ -14,6 +14,8 @@ from email.utils import formatdate, make_msgid
 import requests
 
 from services.notify.domain import webhook_accepted, webhook_payload
+from services.notify.sandbox import one_line
+from services.notify.webhooks import WebhookPolicy, guarded_session
 
 
 class DeliveryFailed(Exception):
@@ -42,7 +44,8 @@ class SmtpSettings:
 def build_email(settings: SmtpSettings, to: str, title: str, text: str, html: str,
                 message_id: str | None = None) -> EmailMessage:
     msg = EmailMessage()
-    msg["Subject"] = title
+    # No header injection: a title made from names never carries a line break into a header.
+    msg["Subject"] = one_line(title, 500) or "创卫通知"
     msg["From"] = settings.sender
     msg["To"] = to
     msg["Date"] = formatdate(localtime=False)
@@ -62,18 +65,26 @@ def send_email(settings: SmtpSettings, to: str, title: str, text: str, html: str
                 smtp.starttls()
             if settings.username:
                 smtp.login(settings.username, settings.password or "")
-            refused = smtp.send_message(msg)
-    except (smtplib.SMTPException, OSError) as exc:
+            # The envelope goes to the one stored address, whatever the headers say.
+            refused = smtp.send_message(msg, to_addrs=[to])
+    except (smtplib.SMTPException, OSError, ValueError) as exc:
         raise DeliveryFailed(f"SMTP {settings.host}:{settings.port}: {exc.__class__.__name__}: {exc}") from exc
     if refused:
         raise DeliveryFailed(f"SMTP refused recipients: {refused}")
 
 
 def send_webhook(url: str, fmt: str, title: str, markdown: str, timeout: float = 10.0,
-                 session: requests.Session | None = None) -> None:
-    payload = webhook_payload(fmt, title, markdown)
+                 policy: WebhookPolicy | None = None) -> None:
+    """POST to a bot, only where the policy allows (checked again now: the allowlist or DNS may
+    have changed since the contact was stored), never following a redirect."""
+    policy = policy or WebhookPolicy()
+    problem = policy.url_problem(url, resolve=False)
+    if problem:
+        raise DeliveryFailed(f"webhook refused: {problem}")
+    payload = webhook_payload(fmt, one_line(title, 500), markdown)
     try:
-        response = (session or requests).post(url, json=payload, timeout=timeout)
+        with guarded_session(policy) as session:
+            response = session.post(url, json=payload, timeout=timeout, allow_redirects=False)
     except requests.RequestException as exc:
         raise DeliveryFailed(f"webhook: {exc.__class__.__name__}: {exc}") from exc
     try:

@@ -8,7 +8,8 @@ holds up the webhooks, and one slow bot never holds up the other bots.
 Config: SMTP_HOST, SMTP_PORT, SMTP_FROM (SMTP_USER, SMTP_PASSWORD, SMTP_STARTTLS, SMTP_TIMEOUT),
 WEBHOOK_TIMEOUT, NOTIFY_POLL_INTERVAL, NOTIFY_MAX_ATTEMPTS, NOTIFY_RETRY_BASE_SECONDS,
 NOTIFY_RETRY_FACTOR, NOTIFY_RETRY_MAX_SECONDS, NOTIFY_SEND_TIMEOUT, NOTIFY_CHANNEL_CONCURRENCY,
-NOTIFY_LEASE_SECONDS.
+NOTIFY_LEASE_SECONDS; webhook targets: NOTIFY_WEBHOOK_HOSTS, NOTIFY_WEBHOOK_ALLOW_HTTP,
+NOTIFY_WEBHOOK_ALLOW_PRIVATE (see `webhooks`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from services.notify import metrics
 from services.notify import operations as ops
 from services.notify.channels import DeliveryFailed, SmtpSettings, send_email, send_webhook
 from services.notify.domain import RetryPolicy
+from services.notify.webhooks import WebhookPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class DeliveryWorker(DependencyProvider):
         self.lease = timedelta(seconds=max(float(config.get("NOTIFY_LEASE_SECONDS", 120)), 2 * self.send_timeout))
         self.smtp = SmtpSettings.from_config(config)
         self.webhook_timeout = float(config.get("WEBHOOK_TIMEOUT", 10))
+        self.webhook_policy = WebhookPolicy.from_config(config)
         self.senders = {"email": self._send_email, "webhook": self._send_webhook}
         self.pools = {c: GreenPool(self.concurrency) for c in CHANNELS}
         self.wakeups = {c: Event() for c in CHANNELS}
@@ -143,6 +146,8 @@ class DeliveryWorker(DependencyProvider):
             log.exception("notify: could not record the attempt of %s; the lease will bring it back",
                           job.delivery_id)
             return
+        if outcome in ("sent", "dead_lettered") or error is not None:
+            metrics.NOTICE_DELIVERIES.labels(job.notice_type, "failed" if outcome == "retried" else outcome).inc()
         if outcome == "sent":
             metrics.SENT.labels(job.channel).inc()
             metrics.LATENCY.labels(job.channel).observe(
@@ -162,4 +167,5 @@ class DeliveryWorker(DependencyProvider):
         send_email(self.smtp, job.target, job.title, job.markdown, job.html, message_id=job.delivery_id)
 
     def _send_webhook(self, job: ops.DeliveryJob):
-        send_webhook(job.target, job.target_format or "wecom", job.title, job.markdown, timeout=self.webhook_timeout)
+        send_webhook(job.target, job.target_format or "wecom", job.title, job.markdown, timeout=self.webhook_timeout,
+                     policy=self.webhook_policy)

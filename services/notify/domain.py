@@ -47,13 +47,14 @@ class NoticeType(StrEnum):
     bulletin = "bulletin"            # 月度通报
     newsletter = "newsletter"        # 创卫简报
     coordination = "coordination"    # 协调请求 (a child stack asks this tier to coordinate)
+    missed_check = "missed_check"    # 漏检提醒 (a scheduled check did not happen)
 
 
 NOTICE_LABELS = {
     NoticeType.rectification: "整改通知书", NoticeType.urge: "督办单", NoticeType.escalation: "上报协调函",
     NoticeType.verification: "复查结果通知", NoticeType.relapse: "反弹提醒", NoticeType.commendation: "通报表扬",
     NoticeType.criticism: "通报批评", NoticeType.inspection: "检查结果告知", NoticeType.bulletin: "月度通报",
-    NoticeType.newsletter: "创卫简报", NoticeType.coordination: "协调请求",
+    NoticeType.newsletter: "创卫简报", NoticeType.coordination: "协调请求", NoticeType.missed_check: "漏检提醒",
 }
 
 
@@ -69,7 +70,7 @@ class Role(StrEnum):
 
 TRIGGERS = {"task_opened", "task_status_changed", "task_overdue", "task_escalated", "task_closed",
             "task_relapsed", "score_published", "inspection_submitted", "bulletin_generated", "newsletter",
-            "coordination_requested"}
+            "coordination_requested", "check_missed"}
 
 # Conditions a rule may put in `when`; each tests one fact of the event.
 CONDITIONS: dict[str, Callable[[Any, Any], bool]] = {
@@ -87,11 +88,20 @@ CONDITIONS: dict[str, Callable[[Any, Any], bool]] = {
     "rank_from_bottom_at_most": lambda fact, want: fact is not None and fact <= want,
     "score_below": lambda fact, want: fact is not None and fact < want,
     "findings_at_least": lambda fact, want: fact is not None and fact >= want,
+    # A score for a period long gone (history imported months later) commends or criticises nobody;
+    # an age that could not be told counts as recent (the behaviour before the condition).
+    "periods_ago_at_most": lambda fact, want: fact is None or fact <= want,
 }
+CONDITION_TYPES = {"severity": "list", "kind": "list", "from_status": "list", "to_status": "list",
+                   "period_kind": "list", "place_type": "list", "vetoed": "bool", "ranked": "bool",
+                   "on_time": "bool", "urge_count_at_least": "number", "rank_at_most": "number",
+                   "rank_from_bottom_at_most": "number", "score_below": "number", "findings_at_least": "number",
+                   "periods_ago_at_most": "number"}
+CONDITION_TYPE_NAMES = {"list": "a list of values", "bool": "true or false", "number": "a number"}
 # Which fact each condition reads.
 CONDITION_FACT = {"urge_count_at_least": "urge_count", "rank_at_most": "rank",
                   "rank_from_bottom_at_most": "rank_from_bottom", "score_below": "score",
-                  "findings_at_least": "findings"}
+                  "findings_at_least": "findings", "periods_ago_at_most": "periods_ago"}
 
 
 class NotifyRuleViolation(RuleViolation):
@@ -119,9 +129,20 @@ class Rule(BaseModel):
     @field_validator("when")
     @classmethod
     def _known_conditions(cls, value: dict) -> dict:
-        for key in value:
+        for key, want in value.items():
             if key not in CONDITIONS:
                 raise ValueError(f"unknown condition {key!r}; one of {sorted(CONDITIONS)}")
+            # A condition of the wrong type would fail on every matching event (and silence
+            # its notices): refuse it now.
+            kind = CONDITION_TYPES[key]
+            if kind == "list":
+                ok = isinstance(want, list) and len(want) <= 50 and all(isinstance(w, str) for w in want)
+            elif kind == "bool":
+                ok = isinstance(want, bool)
+            else:
+                ok = isinstance(want, (int, float)) and not isinstance(want, bool) and abs(want) <= 1_000_000
+            if not ok:
+                raise ValueError(f"condition {key!r} needs {CONDITION_TYPE_NAMES[kind]}, not {want!r}")
         return value
 
 

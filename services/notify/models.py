@@ -95,6 +95,8 @@ class Notification(Base):
     read_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    # Set when the node's template failed and the default (or a minimal notice) was sent.
+    render_problem: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Delivery(Base):
@@ -159,7 +161,25 @@ class ScoreRow(Base):
     veto_reasons: Mapped[list] = mapped_column(JSON, default=list)
     inputs: Mapped[int] = mapped_column(Integer)
     revision: Mapped[int] = mapped_column(Integer)
+    # The version of the peer group's ranking_published that last set rank, ranked, movement
+    # and peers (0: none yet, or only a score_published v1 carrying them).
+    ranking_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class IndicatorRow(Base):
+    """The latest figure per area and period of a measured indicator, as the indicators service
+    published it: an area's vector density verdict, or a survey wave's satisfaction rate."""
+    __tablename__ = "notify_indicators"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # vector | satisfaction
+    area: Mapped[str] = mapped_column(String(12), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for vector, else the survey id
+    name: Mapped[str] = mapped_column(String(200))
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    figure: Mapped[dict] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer)
 
 
 class TaskRow(Base):
@@ -182,6 +202,8 @@ class TaskRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     deadline_at: Mapped[datetime] = mapped_column(UtcDateTime())
     opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # When the problem was found (the inspection's time): the month a bulletin counts it in.
+    found_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     overdue_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
     urge_count: Mapped[int] = mapped_column(Integer, default=0)
     escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -189,6 +211,10 @@ class TaskRow(Base):
     relapse_of: Mapped[str | None] = mapped_column(String(64))
     relapsed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Photo references for the archive: before (整改前) from task_opened, after from task_closed.
+    evidence: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    after_evidence: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    verified_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class InspectionRow(Base):
@@ -203,6 +229,36 @@ class InspectionRow(Base):
     scale: Mapped[int] = mapped_column(Integer)
     findings: Mapped[int] = mapped_column(Integer)
     inspected_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    # 暗访: the submission of an unannounced inspection not yet released, kept to notify on
+    # release ({"event_id", "event_type", "payload"}); None once notified or when not held.
+    notice_held: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The submission as published (checklist, inspectors, findings, photo references): the archive's record.
+    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class InspectionRelease(Base):
+    """An unannounced inspection released to its subject (may arrive before its submission)."""
+    __tablename__ = "notify_inspection_releases"
+
+    inspection_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    inspecting_node: Mapped[str] = mapped_column(String(12))
+    released_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class MissedCheckRow(Base):
+    """A scheduled check that did not happen (漏检), as told by the inspection service."""
+    __tablename__ = "notify_missed_checks"
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)  # schedule:target:period
+    office_node: Mapped[str] = mapped_column(String(12))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    subject_name: Mapped[str] = mapped_column(String(200))
+    target_name: Mapped[str] = mapped_column(String(200))
+    frequency: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(16))
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    period_end: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    counts: Mapped[bool] = mapped_column(Boolean)
 
 
 class Bulletin(Base):

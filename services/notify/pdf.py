@@ -1,12 +1,19 @@
 """The monthly bulletin (月度通报) as a PDF, drawn with reportlab from the bulletin's stored data.
 
-Uses reportlab's built-in CJK CID font STSong-Light (Adobe-GB1), so no font file has to be
-shipped or installed: the viewer supplies the glyphs. Pure: takes the data dict kept with
-the bulletin (`bulletin.BulletinData.to_dict()`) and returns the PDF's bytes.
+The PDF embeds a subset of a freely licensed CJK TrueType font (WenQuanYi Micro Hei, from
+the Debian package `fonts-wqy-microhei`, installed by `.ci/run` and the Dockerfile), so it
+reads the same on every viewer: a PDF that only names a font (as reportlab's built-in
+STSong-Light does) shows blank Chinese wherever the viewer lacks Adobe's CJK fonts.
+`CHUANGWEI_CJK_FONT` points at another TrueType file or collection (`path` or `path#index`).
+Pure: takes the data dict kept with the bulletin (`bulletin.BulletinData.to_dict()`) and
+returns the PDF's bytes.
 """
 from __future__ import annotations
 
 import io
+import logging
+import os
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -17,25 +24,55 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from services.notify.templates import STATUS_LABELS, cst, percent, score
 
-FONT = "STSong-Light"
-_registered = False
+log = logging.getLogger(__name__)
+
+FONT = "WenQuanYiMicroHei"
+# Looked for in this order; the first that exists is embedded.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+)
+# Only when no font file is installed: the viewer must supply the glyphs (not embedded).
+FALLBACK_FONT = "STSong-Light"
+_font_name: str | None = None
+
+
+def font_file() -> tuple[str, int] | None:
+    """The CJK font to embed: `CHUANGWEI_CJK_FONT` (`path` or `path#subfont`), else the first
+    installed candidate."""
+    configured = os.environ.get("CHUANGWEI_CJK_FONT")
+    if configured:
+        path, _, index = configured.partition("#")
+        return path, int(index or 0)
+    for candidate in FONT_CANDIDATES:
+        if Path(candidate).is_file():
+            return candidate, 0
+    return None
 
 
 def _font() -> str:
-    global _registered
-    if not _registered:
-        pdfmetrics.registerFont(UnicodeCIDFont(FONT))
-        _registered = True
-    return FONT
+    global _font_name
+    if _font_name is None:
+        found = font_file()
+        if found is not None:
+            pdfmetrics.registerFont(TTFont(FONT, found[0], subfontIndex=found[1]))
+            _font_name = FONT
+        else:
+            log.warning("notify: no CJK TrueType font installed (apt fonts-wqy-microhei); bulletin PDFs fall "
+                        "back to %s, which is not embedded and shows blank on viewers without it", FALLBACK_FONT)
+            pdfmetrics.registerFont(UnicodeCIDFont(FALLBACK_FONT))
+            _font_name = FALLBACK_FONT
+    return _font_name
 
 
 def _styles() -> dict[str, ParagraphStyle]:
     font = _font()
-    base = ParagraphStyle("body", fontName=font, fontSize=10.5, leading=15, wordWrap="CJK")
+    base = ParagraphStyle("body", fontName=font, bulletFontName=font, fontSize=10.5, leading=15, wordWrap="CJK")
     return {
         "title": ParagraphStyle("title", base, fontSize=18, leading=26, alignment=TA_CENTER,
                                 textColor=colors.HexColor("#b00000"), spaceAfter=4),
@@ -50,11 +87,12 @@ def _styles() -> dict[str, ParagraphStyle]:
 
 
 # STSong-Light's Unicode CMap has no U+00B7 (middle dot): draw the katakana one instead.
-_GLYPHS = str.maketrans({"\u00b7": "\u30fb"})
+_FALLBACK_GLYPHS = str.maketrans({"\u00b7": "\u30fb"})
 
 
 def _text(value: Any) -> str:
-    return ("" if value is None else str(value)).translate(_GLYPHS)
+    text = "" if value is None else str(value)
+    return text.translate(_FALLBACK_GLYPHS) if _font() == FALLBACK_FONT else text
 
 
 def _p(text: Any, style: ParagraphStyle) -> Paragraph:
@@ -116,6 +154,12 @@ def render_bulletin_pdf(b: dict, office: str | None = None, revision: int | None
                             [("ALIGN", (0, 1), (0, -1), "CENTER")]))
     else:
         story.append(_p("本月无排名。", st["body"]))
+    for group in b.get("other_rankings") or []:
+        story += [Spacer(1, 2 * mm), _p(f"{group['label']}排名", st["body"])]
+        story.append(_table(["名次", "单位", "得分", "等级"],
+                            [[r["rank"], r["name"] + ("（一票否决）" if r.get("vetoed") else ""), score(r.get("score")),
+                              r.get("grade") or ""] for r in group["ranking"]],
+                            [16 * mm, 98 * mm, 24 * mm, 24 * mm], st, [("ALIGN", (0, 1), (0, -1), "CENTER")]))
     unranked = b.get("unranked") or []
     if unranked:
         story += [Spacer(1, 2 * mm), _p("未参加排名：" + "；".join(f"{u['name']}（{u['note']}）" for u in unranked),
@@ -163,15 +207,17 @@ def render_bulletin_pdf(b: dict, office: str | None = None, revision: int | None
     # 八、整改情况
     f = b.get("figures") or {}
     story.append(_p("八、整改情况", st["h2"]))
-    story.append(_p(f"本月新增问题 {f.get('tasks_opened', 0)} 项，销号 {f.get('tasks_closed', 0)} 项"
+    story.append(_p(f"本月新增问题 {f.get('problems_found', f.get('tasks_opened', 0))} 项，销号 {f.get('tasks_closed', 0)} 项"
                     f"（按期 {f.get('closed_on_time', 0)} 项），销号率 {percent(f.get('close_rate'))}；"
-                    f"逾期 {f.get('overdue', 0)} 项，反弹 {f.get('relapses', 0)} 项。", st["body"]))
+                    f"逾期 {f.get('overdue', 0)} 项，反弹 {f.get('relapses', 0)} 项"
+                    + (f"，按检查计划漏检 {f['missed_checks']} 次" if f.get("missed_checks") else "") + "。",
+                    st["body"]))
     story += [Spacer(1, 8 * mm), _p(f"{office}　{cst(b.get('generated_at'), '%Y年%m月%d日')}",
                                     ParagraphStyle("sign", st["body"], alignment=2))]
 
     def footer(canvas, doc):
         canvas.saveState()
-        canvas.setFont(FONT, 8.5)
+        canvas.setFont(_font(), 8.5)
         canvas.setFillColor(colors.HexColor("#777777"))
         canvas.drawCentredString(A4[0] / 2, 10 * mm, _text(f"{b['title']}　第{doc.page}页"))
         canvas.restoreState()

@@ -21,3 +21,31 @@ def database_url(config: dict, service_name: str) -> str:
     per_service = config.get("DB_URIS") or {}
     return (per_service.get(service_name) or config.get("DATABASE_URL")
             or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+
+
+def service_amqp_uri(config: dict, service_name: str) -> str:
+    """The broker connection a service publishes and consumes its events with: its own
+    AMQP_URIS[service] (its own broker user, so its events carry a user_id only it can set),
+    else the stack's AMQP_URI."""
+    return (config.get("AMQP_URIS") or {}).get(service_name) or config["AMQP_URI"]
+
+
+def broker_user(amqp_uri: str) -> str:
+    """The user a connection to `amqp_uri` authenticates as (kombu's default: guest)."""
+    from urllib.parse import unquote, urlsplit
+    username = urlsplit(amqp_uri).username
+    return unquote(username) if username else "guest"
+
+
+def event_producers(config: dict) -> dict[str, str]:
+    """EVENT_PRODUCERS: producing service → the broker user it publishes as. Empty (the
+    dev and test setup, where everything connects as guest): producers are not checked by
+    broker user."""
+    return {service: str(user) for service, user in (config.get("EVENT_PRODUCERS") or {}).items() if user}
+
+
+def number_setting(config: dict, key: str, default: float, kind: type = float):
+    """A numeric setting from the stack's config; absent or empty (an unset ${VAR:}) means
+    the default. A value that is no number fails at start, naming nothing worse than int()."""
+    value = config.get(key)
+    return kind(default) if value in (None, "") else kind(value)

@@ -10,6 +10,7 @@ import json
 import re
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Type
 
@@ -22,12 +23,60 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from services.contracts.checklists import ChecklistLookupError
-from services.contracts.errors import DomainError, UnknownReference
+from services.contracts.errors import DomainError, PermissionDenied, UnknownReference
 from services.plumbing import metrics
+from services.plumbing.db import RETRY_AFTER_SECONDS, log_unavailable, unavailable_dependency
+from services.plumbing.auth import ACCESS_COOKIE, Access, Authenticator, Unauthenticated
+
+CSRF_COOKIE = "cw_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+MAX_JSON_DEPTH = 32
+JSON_CONTENT_TYPES = ("application/json",)
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 64
+# C0 controls other than tab, newline and carriage return, and DEL: no campaign text needs
+# them, PostgreSQL refuses NUL, and .xlsx cannot hold most of them.
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as text, or None."""
+    match = _FORBIDDEN_CHARS.search(value)
+    if match:
+        return f"contains the control character U+{ord(match.group()):04X}, which text may not hold"
+    if _LONE_SURROGATE.search(value):
+        return "contains an unpaired surrogate, which is not valid Unicode text"
+    return None
+
+
+def check_json_document(data: Any, root: str = "body") -> None:
+    """Depth and text checks over a parsed JSON document, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field=path or root,
+                           code="malformed_json")
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise Unprocessable(f"{path or root} {problem}", field=path or root)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = text_problem(key)
+                child = f"{path}.{key}" if path else key
+                if problem:
+                    raise Unprocessable(f"a key {problem}", field=path or root)
+                stack.append((item, child, depth + 1))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                stack.append((item, f"{path}[{index}]", depth + 1))
 
 
 class ApiError(Exception):
@@ -94,6 +143,10 @@ class ApiRoute:
     query: Type[BaseModel] | None
     tags: list[str] = field(default_factory=list)
     description: str = ""
+    access: Access = None  # type: ignore[assignment]  (always set by JsonApi)
+    content_type: str = "application/json"
+    statuses: tuple[int, ...] = ()
+    form: bool = False
 
 
 # Routes of every service started in this process, for the OpenAPI document.
@@ -104,6 +157,10 @@ class JsonWsgiApp(WsgiApp):
     """nameko's WSGI app, but an unknown path or method gets the same JSON error as the rest."""
 
     def __call__(self, environ, start_response):
+        # eventlet's server decodes chunked bodies as they are read, but werkzeug reads a
+        # body without Content-Length as empty unless told that the input ends by itself.
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            environ["wsgi.input_terminated"] = True
         request = Request(environ, shallow=True)
         adapter = self.url_map.bind_to_environ(environ)
         try:
@@ -145,10 +202,22 @@ class JsonApi(HttpRequestHandler):
     """
 
     server = ServiceWebServer()
+    authenticator = Authenticator()
 
     def __init__(self, method, url, body: Type[BaseModel] | None = None, response: Any = None,
                  status: int = 200, query: Type[BaseModel] | None = None, summary: str = "",
-                 description: str = "", tags: list[str] | None = None, raw: bool = False, **kwargs):
+                 description: str = "", tags: list[str] | None = None, raw: bool = False,
+                 access: Access | None = None, content_type: str = "application/json",
+                 statuses: tuple[int, ...] = (), form: bool = False, **kwargs):
+        if not isinstance(access, Access):
+            # Default deny, by construction: a route that does not say who may call it
+            # does not start.
+            raise TypeError(f"@api({method!r}, {url!r}) must declare access= (PUBLIC or signed_in(...))")
+        self.access = access
+        # Also accept the body form-encoded (Open311's norm): flat models only.
+        self.form = form
+        self.content_type = content_type
+        self.statuses = tuple(statuses)
         self.body_model = body
         self.response_model = response
         self.status = status
@@ -158,7 +227,8 @@ class JsonApi(HttpRequestHandler):
         self.tags = tags or []
         self.raw = raw
         # Client errors are expected: nameko then logs them as warnings, not as crashes.
-        kwargs.setdefault("expected_exceptions", (DomainError, ApiError, ValidationError, ChecklistLookupError))
+        kwargs.setdefault("expected_exceptions", (DomainError, ApiError, ValidationError, ChecklistLookupError,
+                                                  Unauthenticated))
         super().__init__(method, url, **kwargs)
 
     @property
@@ -169,29 +239,76 @@ class JsonApi(HttpRequestHandler):
         super().setup()
         service = self.container.service_name
         self.max_body = int(self.container.config.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-        if not self.raw:
-            ROUTES[(service, self.method, self.url)] = ApiRoute(
-                service, self.method, self.url, self.summary, self.body_model, self.response_model,
-                self.status, self.query_model, self.tags or [service], self.description)
+        ROUTES[(service, self.method, self.url)] = ApiRoute(
+            service, self.method, self.url, self.summary, self.body_model, self.response_model,
+            self.status, self.query_model, self.tags or [service], self.description, self.access,
+            self.content_type, self.statuses, self.form)
+
+    @property
+    def authenticated(self) -> bool:
+        return not self.access.public
 
     def get_entrypoint_parameters(self, request):
         args, kwargs = super().get_entrypoint_parameters(request)
         kwargs = dict(kwargs)
+        for name, value in kwargs.items():
+            problem = isinstance(value, str) and text_problem(value)
+            if problem:
+                raise ApiError(f"path parameter {name} {problem}", field=name)
+        # Who before what: an anonymous caller learns nothing about the request's validity.
+        if self.authenticated:
+            kwargs["principal"] = self._authorize(request)
         if self.body_model is not None:
             kwargs["body"] = self._read_body(request)
         if self.query_model is not None:
-            try:
-                kwargs["query"] = self.query_model.model_validate(request.args.to_dict())
-            except ValidationError as exc:
-                raise Unprocessable("invalid query parameters", errors=validation_errors(exc, "query.")) from exc
+            kwargs["query"] = self._read_query(request)
         return args, kwargs
 
+    def _authorize(self, request):
+        principal = self.authenticator.authenticate(request)
+        if (request.method in UNSAFE_METHODS and not request.headers.get("Authorization")
+                and request.cookies.get(ACCESS_COOKIE)):
+            # A cookie rides along on cross-site requests; a header the other site cannot
+            # read and repeat does not (double-submit token).
+            expected = request.cookies.get(CSRF_COOKIE)
+            if not expected or request.headers.get(CSRF_HEADER) != expected:
+                raise PermissionDenied(CSRF_HEADER, "cross-site request refused: the "
+                                       f"{CSRF_HEADER} header must repeat the {CSRF_COOKIE} cookie")
+        if not any(g.role in self.access.roles for g in principal.grants):
+            raise PermissionDenied("role", f"需要角色 {'/'.join(self.access.roles)}; requires one "
+                                   f"of the roles {', '.join(self.access.roles)}")
+        request.principal = principal
+        return principal
+
+    def _read_query(self, request) -> BaseModel:
+        values = request.args.to_dict()
+        for name, value in values.items():
+            problem = text_problem(value) or text_problem(name)
+            if problem:
+                raise Unprocessable(f"query.{name} {problem}", field=f"query.{name}")
+        try:
+            return self.query_model.model_validate(values)
+        except ValidationError as exc:
+            raise Unprocessable("invalid query parameters", errors=validation_errors(exc, "query.")) from exc
+
     def _read_body(self, request) -> BaseModel:
+        mimetype = (request.mimetype or "").lower()
+        if self.form and mimetype == FORM_CONTENT_TYPE:
+            # A cross-site form may reach such a route: a console cookie alone is refused
+            # there by the double-submit check in _authorize (a form cannot set the header).
+            return self._read_form(request)
+        if mimetype not in JSON_CONTENT_TYPES and not (mimetype.startswith("application/")
+                                                       and mimetype.endswith("+json")):
+            # Also what stops a cross-site form or text/plain POST (CSRF): browsers cannot
+            # send application/json to another origin without a preflight.
+            allowed = "application/json" + (f" or {FORM_CONTENT_TYPE}" if self.form else "")
+            raise ApiError(f"Content-Type must be {allowed}, not {request.mimetype or 'missing'}",
+                           field="Content-Type", status=415, code="unsupported_media_type")
         length = request.content_length
         if length is not None and length > self.max_body:
             raise ApiError(f"request body of {length} bytes exceeds the limit of {self.max_body}",
                            field="body", status=413, code="payload_too_large")
-        raw = request.get_data(cache=True)
+        raw = request.stream.read(self.max_body + 1)
         if len(raw) > self.max_body:
             raise ApiError(f"request body exceeds the limit of {self.max_body} bytes",
                            field="body", status=413, code="payload_too_large")
@@ -200,16 +317,59 @@ class JsonApi(HttpRequestHandler):
                            code="malformed_json")
         try:
             data = json.loads(raw.decode("utf-8"))
+        except RecursionError as exc:
+            raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body",
+                           code="malformed_json") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(f"malformed JSON: {exc}", field="body", code="malformed_json") from exc
+        check_json_document(data)
         try:
-            return self.body_model.model_validate(data)
+            # Strict: a JSON `false` or `0` is not a number or a boolean of the other kind.
+            return self.body_model.model_validate_json(raw, strict=True)
+        except ValidationError as exc:
+            raise Unprocessable("request body is invalid", errors=validation_errors(exc)) from exc
+
+    def _read_raw(self, request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise ApiError(f"request body of {length} bytes exceeds the limit of {self.max_body}",
+                           field="body", status=413, code="payload_too_large")
+        raw = request.stream.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise ApiError(f"request body exceeds the limit of {self.max_body} bytes",
+                           field="body", status=413, code="payload_too_large")
+        return raw
+
+    def _read_form(self, request) -> BaseModel:
+        """A form-encoded body, under the same bounds as JSON: size, field count, text. Form
+        values are all text, so they are validated in lax mode ("31.9" is a number)."""
+        from urllib.parse import parse_qsl
+        raw = self._read_raw(request)
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=False, strict_parsing=bool(raw),
+                              max_num_fields=MAX_FORM_FIELDS, errors="strict")
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise ApiError(f"malformed form body: {exc}", field="body", code="malformed_form") from exc
+        values: dict[str, str] = {}
+        for name, value in pairs:
+            if name in values:
+                raise Unprocessable(f"{name} is given more than once", field=name)
+            values[name] = value
+        check_json_document(values)
+        try:
+            return self.body_model.model_validate(values)
         except ValidationError as exc:
             raise Unprocessable("request body is invalid", errors=validation_errors(exc)) from exc
 
     def handle_request(self, request):
         started = time.perf_counter()
+        # One id per request, from the caller (a gateway's X-Request-Id) or made here: it
+        # goes into the audit log and back to the caller.
+        supplied = request.headers.get("X-Request-Id", "")
+        request.request_id = supplied if re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", supplied) else str(uuid.uuid4())
+        request.principal = None
         response = super().handle_request(request)
+        response.headers["X-Request-Id"] = request.request_id
         metrics.HTTP_LATENCY.labels(self.container.service_name, request.method, self.url,
                                     str(response.status_code)).observe(time.perf_counter() - started)
         return response
@@ -234,6 +394,11 @@ class JsonApi(HttpRequestHandler):
             if isinstance(exc, UnknownReference) and exc.field not in self._path_fields:
                 status = 422
             return error_response(status, exc.code, exc.reason, [{"field": exc.field, "reason": exc.reason}])
+        if isinstance(exc, Unauthenticated):
+            response = error_response(401, "unauthenticated", exc.reason,
+                                      [{"field": "Authorization", "reason": exc.reason}])
+            response.headers["WWW-Authenticate"] = 'Bearer realm="chuangwei"'
+            return response
         if isinstance(exc, ChecklistLookupError):
             return error_response(404, "not_found", str(exc))
         if isinstance(exc, ApiError):
@@ -244,6 +409,13 @@ class JsonApi(HttpRequestHandler):
             return error_response(exc.code or 400, "http_error", exc.description or str(exc))
         if isinstance(exc, (NamekoBadRequest, TypeError)) and "signature" in str(exc).lower():
             return error_response(400, "bad_request", str(exc))
+        dependency = unavailable_dependency(exc)
+        if dependency is not None:  # down, not broken: tell the client when to come back
+            log_unavailable(self.container.service_name, dependency, exc)
+            response = error_response(503, "service_unavailable",
+                                      f"服务暂时不可用（{dependency} unavailable），请稍后重试")
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         log.exception("unhandled error in %s %s", self.method, self.url, exc_info=exc)
         return error_response(500, "internal_error", "internal error; the operator's log has details")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from sqlalchemy import Column, MetaData, String, Table
+from sqlalchemy import Column, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
 from services.contracts.events import EventEnvelope, parse_event
@@ -53,3 +53,40 @@ def apply_once(db, processed: Table, body: Any, event_type: str, consumer: str,
         if not claim_event(session, processed, envelope.event_id, consumer, envelope.event_type):
             return DUPLICATE
         return apply(session, envelope, payload)
+
+
+def apply_batch_once(db, processed: Table, bodies: list, event_type: str, consumer: str,
+                     apply_many: Callable[[Session, list[tuple[EventEnvelope, Any]]], list],
+                     before_claim: Callable[[Session], None] | None = None) -> list:
+    """A batching consumer's shape (`consumer.batching_event_handler`): parse every message,
+    then in one transaction claim the new event ids and apply those events together.
+
+    `apply_many(session, [(envelope, payload), ...])` gets the events not processed before,
+    in arrival order, each event id once, and returns one result per event. Returns one
+    outcome per body: DUPLICATE, or the event's result. A malformed message raises
+    InvalidEvent for the whole batch; the handler then retries each message alone, so only
+    the bad one is dead-lettered.
+    """
+    parsed = [parse_event(body, event_type) for body in bodies]
+    with db.transaction() as session:
+        if before_claim is not None:
+            before_claim(session)
+        ids = [str(envelope.event_id) for envelope, _ in parsed]
+        seen = set(session.execute(select(processed.c.event_id).where(
+            processed.c.consumer == consumer, processed.c.event_id.in_(ids))).scalars())
+        fresh, claims = [], []
+        for envelope, payload in parsed:
+            event_id = str(envelope.event_id)
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            fresh.append((envelope, payload))
+            claims.append(dict(event_id=event_id, consumer=consumer, event_type=envelope.event_type,
+                               processed_at=datetime.now(timezone.utc)))
+        if claims:
+            # One insert for the batch. A concurrent worker claiming one of these ids makes it
+            # fail on the key: the batch rolls back and its events are retried one by one.
+            session.execute(processed.insert(), claims)
+        results = iter(apply_many(session, fresh) if fresh else [])
+        applied = {id(envelope) for envelope, _ in fresh}
+        return [next(results) if id(envelope) in applied else DUPLICATE for envelope, _ in parsed]

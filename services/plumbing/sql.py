@@ -62,6 +62,12 @@ def insert_ignore(session, table, values: dict) -> bool:
     return result.rowcount == 1
 
 
+def binary_collation(bind) -> str:
+    """The collation that orders text by code point, as Python sorts strings (ranking ties
+    are listed by name): PostgreSQL's "C" (byte order of UTF-8), SQLite's BINARY."""
+    return "C" if is_postgres(bind) else "BINARY"
+
+
 def advisory_xact_lock(bind, key: str) -> None:
     if is_postgres(bind):
         bind.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})

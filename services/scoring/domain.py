@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,7 +41,8 @@ class ScoringRuleViolation(RuleViolation):
 
 
 class _PolicyModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No Infinity/NaN anywhere in a policy: it is stored as JSON, and no rule can use them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceWeight(_PolicyModel):
@@ -87,8 +88,8 @@ class VetoRule(_PolicyModel):
 
 class RollupRule(_PolicyModel):
     combine: Literal["mean", "weighted", "minimum"] = "mean"
-    child_weights: dict[str, float] = Field(default_factory=dict,
-                                            description="division code → weight (combine=weighted; default 1)")
+    child_weights: dict[str, Annotated[float, Field(le=1_000_000)]] = Field(
+        default_factory=dict, description="division code → weight (combine=weighted; default 1)")
     own_inspections_weight: float = Field(
         default=50, ge=0, le=100,
         description="percent of a parent's score from its own inspections when it has both")
@@ -96,7 +97,7 @@ class RollupRule(_PolicyModel):
 
 class Policy(_PolicyModel):
     """A scoring policy (考评办法) as data; stored per node, versioned."""
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, json_schema_extra={"examples": [{
         "policy_id": "street-scheme", "name": "街道考评办法（百分制）", "scale": 100,
         "short_period_rule": "mean_of_inspections", "long_period_rule": "mean_of_months",
         "source_weights": [],
@@ -206,6 +207,11 @@ def parse_period(key: str, field_name: str = "period") -> Period:
         return Period.parse(key)
     except InvalidPeriod as exc:
         raise ScoringRuleViolation(field_name, str(exc)) from None
+
+
+def period_closed(period: Period, now: datetime) -> bool:
+    """Whether `period` has ended by `now` (its last day over, China Standard Time)."""
+    return period.instants()[1] <= now
 
 
 def next_period(period: Period) -> Period:

@@ -2,8 +2,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 SCORES_PUBLISHED = Counter("chuangwei_scores_published_total", "score_published events staged in the outbox",
                            ["period_kind"])
+RANKINGS_PUBLISHED = Counter("chuangwei_rankings_published_total",
+                             "ranking_published events staged in the outbox (one per changed peer group and period)",
+                             ["period_kind"])
+EVENTS_PER_BATCH = Histogram("chuangwei_scoring_batch_events", "Events applied together in one scoring transaction",
+                             ["event_type"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 RECOMPUTE_SECONDS = Histogram("chuangwei_score_recompute_seconds",
-                              "Time to recompute, re-rank and publish after one change",
+                              "Time to recompute, re-rank and publish after one change or one batch",
                               ["trigger"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 SUBJECTS_RANKED = Gauge("chuangwei_subjects_ranked", "Subjects ranked in the last re-ranked peer group",
                         ["tier", "subject_type", "period_kind"])

@@ -51,6 +51,9 @@ class ScoreInputRow(Base):
     score: Mapped[float] = mapped_column(Float)
     scale: Mapped[int] = mapped_column(Integer)
     inspected_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Who inspected: shown in a score explanation only to the inspecting side (暗访 inspectors
+    # must never reach the inspected subject).
+    inspectors: Mapped[list | None] = mapped_column(JSON, nullable=True)
     week: Mapped[str] = mapped_column(String(8))
     month: Mapped[str] = mapped_column(String(7))
     quarter: Mapped[str] = mapped_column(String(7))
@@ -108,12 +111,28 @@ class PeriodScore(Base):
     ranked: Mapped[bool] = mapped_column(Boolean, default=False)
     movement: Mapped[int | None] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer, default=0)
+    # The policy's minimum sample for ranking this row (None: its policy does not rank this
+    # period or tier), kept on the row so that the database ranks a peer group by itself.
+    rank_min_inputs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     policy_id: Mapped[str] = mapped_column(String(64))
     policy_version: Mapped[int] = mapped_column(Integer)
     explain: Mapped[dict] = mapped_column(JSON)
     published: Mapped[dict | None] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer, default=0)
     computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Ranking(Base):
+    """A peer group's ranking for a period: its version grows with every ranking_published."""
+    __tablename__ = "scoring_rankings"
+
+    period_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    peers: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class PolicyVersion(Base):
@@ -128,6 +147,10 @@ class PolicyVersion(Base):
     document: Mapped[dict] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A policy change takes two administrators: created_by proposed it, approved_by adopted it.
+    approved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    approval_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class Appraisal(Base):
@@ -165,6 +188,9 @@ class Veto(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Revocation takes two administrators: revoked_by proposed it, revoke_approved_by approved it.
+    revoke_approved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    revoke_approval_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class LedgerFigures(Base):
@@ -193,6 +219,61 @@ class ChildFreshness(Base):
     last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_event_type: Mapped[str] = mapped_column(String(64))
     events: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Approval(Base):
+    """A change that takes two administrators of the owning node (四眼原则): revoking a veto or
+    adopting a policy version. One proposes, a different one approves or rejects; only an
+    approval makes the change. Kept for the record whatever the outcome."""
+    __tablename__ = "scoring_approvals"
+    __table_args__ = (Index("ix_scoring_approvals_status", "status", "node"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # veto_revocation | policy_change
+    node: Mapped[str] = mapped_column(String(12))  # the owning node: its administrators decide
+    target: Mapped[str] = mapped_column(String(64))  # the veto id, or the node whose policy changes
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    document: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the proposed policy
+    proposed_by: Mapped[str] = mapped_column(String(100))
+    proposed_by_subject: Mapped[str] = mapped_column(String(200))
+    proposed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decided_by_subject: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    decision_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RecomputeLog(Base):
+    """Every recomputation of a whole period, and every change to a closed period's figures:
+    who, when, why (a closed period is never recomputed silently)."""
+    __tablename__ = "scoring_recomputes"
+    __table_args__ = (Index("ix_scoring_recomputes_period", "period_kind", "period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    period_kind: Mapped[str] = mapped_column(String(16))
+    period: Mapped[str] = mapped_column(String(8))
+    closed: Mapped[bool] = mapped_column(Boolean)
+    trigger: Mapped[str] = mapped_column(String(32))  # recompute | veto | veto_revocation | appraisal
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    requested_by_subject: Mapped[str] = mapped_column(String(200))
+    subject_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # one subject's figures, or all
+    published: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ReleasedInspection(Base):
+    """An unannounced inspection (暗访) its inspecting office has released to the subject
+    (inspection_released, which may arrive before or after the submission). Until then
+    score explanations do not show it to the subject side."""
+    __tablename__ = "scoring_released_inspections"
+
+    inspection_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    inspecting_node: Mapped[str] = mapped_column(String(12))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    released_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    event_id: Mapped[str] = mapped_column(String(36))
 
 
 outbox = make_outbox_table(Base.metadata, "scoring")

@@ -6,13 +6,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from services.contracts.bounds import Offset
 from services.contracts.nodes import Tier
 from services.contracts.periods import InvalidPeriod, Period, PeriodKind
 from services.contracts.vocab import SubjectType
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # No Infinity/NaN: they cannot be stored as JSON and make no score.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+
+MAX_LIMIT = 500
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="rows to return (at most 500)")]
 
 
 def _period(value: str) -> str:
@@ -37,15 +43,15 @@ class HistoryQuery(_In):
 
 
 class VetoIn(_In):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{
-        "subject_id": "411502008006", "period": "2026-11", "reason": "criticism",
-        "issued_by": "浉河区爱卫办", "note": "11月暗访发现背街小巷垃圾堆积，通报批评",
-        "reference": "浉爱卫〔2026〕15号"}]})
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False,
+                              json_schema_extra={"examples": [{
+                                  "subject_id": "411502008006", "period": "2026-11", "reason": "criticism",
+                                  "note": "浉河区爱卫办通报：11月暗访发现背街小巷垃圾堆积",
+                                  "reference": "浉爱卫〔2026〕15号"}]})
     subject_id: str = Field(min_length=1, max_length=64,
                             description="a child unit's division code, or the inspection service's subject id")
     period: PeriodKey = Field(examples=["2026-11"], description="the veto counts for this period and every longer one containing it")
     reason: Literal["criticism", "media_exposure"] = Field(description="通报批评 or 媒体曝光")
-    issued_by: str = Field(min_length=1, max_length=100, examples=["市创卫办"])
     note: str | None = Field(default=None, max_length=2000)
     reference: str | None = Field(default=None, max_length=200, description="document number (文号) or link")
 
@@ -58,15 +64,17 @@ class VetoOut(BaseModel):
     period_kind: PeriodKind
     reason: str
     label: str
-    issued_by: str
+    issued_by: str = Field(description="who entered it (the signed-in administrator)")
     note: str | None
     reference: str | None
     created_at: datetime
     applies_to: list[str]
     revoked: bool = Field(default=False, description="撤销 a revoked veto is kept on record but no longer counts")
     revoked_at: datetime | None = None
-    revoked_by: str | None = None
+    revoked_by: str | None = Field(default=None, description="the administrator who proposed the revocation")
     revoke_reason: str | None = None
+    revoke_approved_by: str | None = Field(default=None, description="the second administrator, who approved it")
+    pending_revocation: str | None = Field(default=None, description="id of a revocation awaiting approval")
 
 
 class VetoQuery(_In):
@@ -87,21 +95,21 @@ class VetoQuery(_In):
 
 
 class VetoRevokeIn(_In):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{
-        "revoked_by": "浉河区爱卫办", "reason": "经复核，申诉成立，撤销浉爱卫〔2026〕15号通报批评"}]})
-    revoked_by: str = Field(min_length=1, max_length=100, examples=["浉河区爱卫办"])
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False,
+                              json_schema_extra={"examples": [{
+                                  "reason": "经复核，申诉成立，撤销浉爱卫〔2026〕15号通报批评"}]})
     reason: str = Field(min_length=1, max_length=2000, description="why: appeal upheld (申诉成立), notice withdrawn…",
                         examples=["通报撤回"])
 
 
 class AppraisalIn(_In):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{
-        "subject_id": "411502008001", "period": "2026-H2", "score": 92,
-        "appraised_by": "金牛山街道创卫领导小组", "note": "民主测评"}]})
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False,
+                              json_schema_extra={"examples": [{
+                                  "subject_id": "411502008001", "period": "2026-H2", "score": 92,
+                                  "note": "金牛山街道创卫领导小组民主测评"}]})
     subject_id: str = Field(min_length=1, max_length=64)
     period: PeriodKey = Field(examples=["2026-H2"])
     score: float = Field(ge=0, description="on the policy's scale")
-    appraised_by: str = Field(min_length=1, max_length=100)
     note: str | None = Field(default=None, max_length=2000)
 
 
@@ -169,7 +177,7 @@ class AppraisalOut(BaseModel):
     period: str
     score: float
     scale: int
-    appraised_by: str
+    appraised_by: str = Field(description="who entered it (the signed-in administrator)")
     note: str | None
     created_at: datetime
     period_score: FigureOut | None
@@ -181,16 +189,81 @@ class PolicyOut(BaseModel):
     inherited: bool
     version: int
     policy_id: str
-    created_by: str
+    created_by: str = Field(description="the administrator who proposed this version")
     created_at: datetime
+    approved_by: str | None = Field(default=None, description="the second administrator, who approved it")
+    approved_at: datetime | None = None
     document: dict[str, Any]
 
 
 class RecomputeIn(_In):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False,
+                              json_schema_extra={"examples": [{
+                                  "period": "2026-10", "reason": "十里河社区10月检查记录补录后重新计算"}]})
     period: PeriodKey = Field(examples=["2026-11"])
+    reason: str | None = Field(default=None, min_length=1, max_length=2000,
+                               description="why; required for a period that has ended (kept in the recompute log)")
 
 
-class VetoRevokedOut(VetoOut):
-    period_scores: list[FigureOut] = Field(
-        description="the subject's figures recomputed for the veto's period and every longer one containing it")
-    published: int = Field(description="score_published events staged by the recomputation")
+class RecomputeLogOut(BaseModel):
+    recompute_id: int
+    period: str
+    period_kind: PeriodKind
+    closed: bool = Field(description="the period had ended when it was recomputed")
+    trigger: str = Field(description="recompute, veto, veto_revocation or appraisal")
+    reason: str | None
+    requested_by: str
+    subject_id: str | None = Field(description="one subject's figures, or null for the whole period")
+    published: int
+    created_at: datetime
+
+
+class RecomputeOut(RecomputeLogOut):
+    pass
+
+
+class RecomputeQuery(_In):
+    period: PeriodKey | None = Field(default=None, examples=["2026-10"])
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class FreshnessOut(BaseModel):
+    child: str
+    name: str
+    last_heard_at: str | None
+    seconds_since: float | None
+    last_event_type: str | None
+    events: int
+
+
+class ApprovalDecisionIn(_In):
+    note: str | None = Field(default=None, min_length=1, max_length=2000, examples=["已核对申诉材料"])
+
+
+class ApprovalQuery(_In):
+    status: Literal["pending", "approved", "rejected"] = "pending"
+    kind: Literal["veto_revocation", "policy_change"] | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class ApprovalOut(BaseModel):
+    """A change awaiting (or past) its second administrator."""
+    approval_id: str
+    kind: Literal["veto_revocation", "policy_change"]
+    node: str = Field(description="the owning node: its administrators decide")
+    target: str = Field(description="the veto id, or the node whose policy changes")
+    status: Literal["pending", "approved", "rejected"]
+    reason: str | None
+    document: dict[str, Any] | None = Field(default=None, description="the proposed policy (policy_change)")
+    proposed_by: str
+    proposed_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_note: str | None = None
+    veto: VetoOut | None = None
+    policy: PolicyOut | None = Field(default=None, description="the adopted version (policy_change, approved)")
+    period_scores: list[FigureOut] = Field(default_factory=list,
+                                           description="figures recomputed by the approved change (veto_revocation)")
+    published: int = Field(default=0, description="score_published events staged by the approved change")

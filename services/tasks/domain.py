@@ -15,6 +15,8 @@ Decisions documented here:
   subject (it is waiting for verification) but its light still shows the deadline.
 - On time: the fix that was accepted was submitted by the deadline (the subject is not
   blamed for the inspecting side's verification delay). Time to fix = found → accepted fix.
+- Unannounced inspections (暗访): the time limit runs from the release, when the subject
+  learns of the finding (`deadline_after_release`).
 - Relapse (反弹): a new finding for the same place (or, with no place, the same subject) and
   the same checklist item, found within the window (default 90 days) after an earlier task
   was closed; the most recently closed such task is the one linked.
@@ -28,7 +30,7 @@ from typing import Iterable, Sequence
 
 from services.contracts.errors import PermissionDenied, RuleViolation, StateConflict
 from services.contracts.events.tasks import Light, TaskStatus
-from services.contracts.nodes import parent_of
+from services.contracts.nodes import is_within, parent_of, subtree_prefix  # noqa: F401 (subtree_prefix: domain API)
 from services.contracts.periods import CST
 
 YELLOW_FRACTION = 0.8
@@ -104,7 +106,10 @@ TRANSITIONS: dict[Action, Rule] = {
 
 def check_transition(status: TaskStatus | str, action: Action | str, role: Role | str, actor: str,
                      fixed_by: str | None = None) -> TaskStatus:
-    """The status `action` leads to, or a clear error naming the field at fault."""
+    """The status `action` leads to, or a clear error naming the field at fault.
+
+    `role` is the side the caller acts for; `actor` and `fixed_by` identify people (the
+    authenticated account's subject: a name could be typed twice, an account cannot)."""
     status, action, role = TaskStatus(status), Action(action), Role(role)
     rule = TRANSITIONS[action]
     if role not in rule.roles:
@@ -119,11 +124,76 @@ def check_transition(status: TaskStatus | str, action: Action | str, role: Role 
         allowed = ", ".join(s.value for s in rule.sources)
         raise TaskStateConflict("status", f"cannot {action.value} a task that is {status.value} "
                                           f"({STATUS_LABELS[status]}); allowed from: {allowed}")
-    if action in (Action.verify, Action.reject) and fixed_by is not None \
-            and actor.strip().casefold() == fixed_by.strip().casefold():
-        raise TaskRuleViolation("actor", f"{actor!r} submitted this fix and cannot verify it; the verifier must be "
-                                         "someone else from the inspecting side (不能核实自己提交的整改)")
+    if action in (Action.verify, Action.reject) and fixed_by is not None and actor == fixed_by:
+        raise TaskPermissionDenied("actor", "you submitted this fix and cannot verify or reject it; the verifier "
+                                            "must be someone else from the inspecting side (不能核实自己提交的整改)")
     return rule.target
+
+
+# --- who may act, and who sees what (issue 10) ------------------------------------------
+# The role names of the identity contract (services.plumbing.auth, which imports nameko and
+# so cannot be imported here); a unit test keeps the two in step.
+ADMINISTRATOR, INSPECTOR, RECTIFIER, VIEWER = "administrator", "inspector", "rectifier", "viewer"
+
+SUBJECT_ACTIONS = (Action.start, Action.submit_fix, Action.escalate)
+INSPECTING_ACTIONS = (Action.verify, Action.reject)
+
+UNANNOUNCED = "unannounced"
+REDACTED_INSPECTORS = "检查组"   # who the subject side is told acted for an unannounced inspection
+
+
+def side_of(action: Action) -> Role:
+    """The side an action is taken for (the state machine's `role`)."""
+    if action in SUBJECT_ACTIONS:
+        return Role.responsible
+    if action in INSPECTING_ACTIONS:
+        return Role.inspector
+    return Role.coordinator
+
+
+def inspecting_nodes(inspecting_node: str, owner_node: str, responsible_node: str) -> list[str]:
+    """Nodes whose inspectors act for the inspecting side of a task: the office that inspected,
+    and the office whose ledger holds it when that is not the subject itself (a task handed
+    down from a higher tier is verified by that tier, or by the ledger's office above the
+    subject — never by the subject's own node)."""
+    nodes = [inspecting_node]
+    if owner_node != inspecting_node and not is_within(owner_node, responsible_node):
+        nodes.append(owner_node)
+    return nodes
+
+
+def acting_role(principal, action: Action, *, inspecting_node: str, owner_node: str, responsible_node: str,
+                escalated_to: str | None) -> str:
+    """The role `principal` acts in for `action` on a task, or TaskPermissionDenied (403).
+
+    - start, fix, escalate: a rectifier holding the role on the responsible subject's node
+      (the subject's contact; administrators do not act for a subject: a fix is the
+      subject's own declaration, so it stays with its own account).
+    - verify, reject (销号 / 退回): an inspector of the inspecting side (`inspecting_nodes`).
+    - answer: an inspector or administrator of the tier the task was escalated to.
+    """
+    if action in SUBJECT_ACTIONS:
+        if principal.holds(RECTIFIER, responsible_node):
+            return RECTIFIER
+        raise TaskPermissionDenied("role", f"只有责任主体 {responsible_node} 的整改责任人可以{ACTION_LABELS[action]}; "
+                                           f"requires role rectifier on the responsible subject's node "
+                                           f"{responsible_node}")
+    if action in INSPECTING_ACTIONS:
+        nodes = inspecting_nodes(inspecting_node, owner_node, responsible_node)
+        if any(principal.holds(INSPECTOR, n) for n in nodes):
+            return INSPECTOR
+        raise TaskPermissionDenied("role", f"只有检查方的检查员可以{ACTION_LABELS[action]}; requires role "
+                                           f"inspector on the inspecting side ({' or '.join(nodes)})")
+    target = escalated_to or (parent_of(owner_node) or owner_node)
+    for role in (INSPECTOR, ADMINISTRATOR):
+        if principal.holds(role, target):
+            return role
+    raise TaskPermissionDenied("role", f"只有上级 {target} 的检查员或管理员可以协调答复; requires role "
+                                       f"inspector or administrator on {target}, the tier asked to coordinate")
+
+
+def on_inspecting_side(principal, inspecting_node: str) -> bool:
+    return principal.on_inspecting_side(inspecting_node)
 
 
 # --- deadlines and lights ---------------------------------------------------------------
@@ -143,6 +213,15 @@ def deadline_for(found_at: datetime, deadline_hours: int, inspector_deadline: da
         end_of_day = datetime(local.year, local.month, local.day, tzinfo=CST) + timedelta(days=1)
         return max(end_of_day, found_at + timedelta(hours=IMMEDIATE_MIN_HOURS)), "immediate"
     return found_at + timedelta(hours=deadline_hours), "item"
+
+
+def deadline_after_release(found_at: datetime, deadline_at: datetime, released_at: datetime | None) -> datetime:
+    """An unannounced inspection's (暗访) subject learns of a finding only when the office
+    releases it: the whole time limit then runs from the release, not from the visit, so a
+    late release never makes a task overdue before the subject could act."""
+    if released_at is None or released_at <= found_at:
+        return deadline_at
+    return deadline_at + (released_at - found_at)
 
 
 def yellow_from(found_at: datetime, deadline_at: datetime) -> datetime:

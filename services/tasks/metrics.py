@@ -13,3 +13,5 @@ RELAPSES = Counter("chuangwei_task_relapses_total", "New tasks that repeat a clo
 TRANSITIONS = Counter("chuangwei_task_transitions_total", "Task lifecycle transitions", ["action"])
 COORDINATION_REQUESTS = Counter("chuangwei_coordination_requests_total",
                                 "Escalations received from child stacks (上报协调)")
+TASKS_CLOSED_FROM_HISTORY = Counter("chuangwei_tasks_closed_from_history_total",
+                                    "Tasks opened and closed from imported history (历史导入), with their own dates")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.plumbing.idempotency import make_processed_events_table
@@ -76,6 +76,14 @@ class Task(Base):
     # Set when the task was handed down to a child stack (its ledger owns the lifecycle);
     # this row then follows the child's status events.
     delegated_to: Mapped[str | None] = mapped_column(String(12), index=True)
+    # An unannounced inspection's task (暗访) is kept but held back from the subject side
+    # until the inspecting office releases the inspection (`inspection_released`).
+    embargoed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # While embargoed, the `task_delegated` payload for the child stack, sent on release.
+    handover: Mapped[dict | None] = mapped_column(JSON)
+    # The account (principal.subject) that submitted the accepted fix: it may not verify it.
+    fixed_by_subject: Mapped[str | None] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     history: Mapped[list["TaskHistory"]] = relationship(
@@ -90,6 +98,8 @@ class TaskHistory(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks_tasks.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     actor: Mapped[str] = mapped_column(String(100))
+    # The authenticated account behind `actor` (None for the sweeper, a tier or older rows).
+    actor_subject: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(16))
     from_status: Mapped[str | None] = mapped_column(String(16))
@@ -108,6 +118,17 @@ class SubjectName(Base):
     node: Mapped[str] = mapped_column(String(12))
     name: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class InspectionRelease(Base):
+    """An unannounced inspection its office has released (暗访公开). Kept even when the
+    inspection's tasks have not arrived yet: the release may overtake the submission."""
+    __tablename__ = "tasks_inspection_releases"
+
+    inspection_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    inspecting_node: Mapped[str] = mapped_column(String(12))
+    released_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class LedgerFigures(Base):

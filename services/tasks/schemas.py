@@ -1,21 +1,21 @@
 """HTTP/RPC schemas of the tasks service (examples in Chinese for the OpenAPI page).
 
-Actors are modelled simply, as {"actor": name, "role": ...} in each request body: there
-is no authentication system yet, so the role says which side the person acts for.
+Who acts is never part of a request: the actor and the role it acts in come from the
+authenticated caller (`principal`), so request bodies carry only what was done.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.contracts.bounds import CampaignInstant, Offset
 from services.contracts.events.inspection import Evidence, PlaceRef
 from services.contracts.events.tasks import Light, TaskRef, TaskStatus
 from services.contracts.periods import InvalidPeriod, Period
 from services.contracts.vocab import Severity
 
-RoleIn = Literal["inspector", "responsible", "coordinator"]
 PHOTO = {"uri": "photos/2026/11/21/pt-02-after.jpg", "sha256": "b" * 64}
 
 
@@ -23,63 +23,56 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class _Actor(_In):
-    actor: str = Field(min_length=1, max_length=100, description="the person acting (姓名)")
+class EvidenceIn(Evidence):
+    """A photo sent with a request: when it was taken lies within the campaign years."""
+    taken_at: CampaignInstant | None = None
 
 
-class StartIn(_Actor):
+class StartIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "张伟", "role": "responsible", "note": "已安排保洁员整改"}]})
-    role: RoleIn = Field(description="must be responsible: only the responsible subject starts the fix")
+        {"note": "已安排保洁员整改"}]})
     note: str | None = Field(default=None, max_length=2000)
 
 
-class FixIn(_Actor):
+class FixIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "张伟", "role": "responsible", "note": "已冲洗便池并消毒，张贴保洁制度", "after_photos": [PHOTO]}]})
-    role: RoleIn = Field(description="must be responsible")
+        {"note": "已冲洗便池并消毒，张贴保洁制度", "after_photos": [PHOTO]}]})
     note: str = Field(min_length=1, max_length=2000, description="what was done (整改措施)")
-    after_photos: list[Evidence] = Field(min_length=1, max_length=20, description="整改后照片 (at least one)")
+    after_photos: list[EvidenceIn] = Field(min_length=1, max_length=20, description="整改后照片 (at least one)")
 
 
-class VerifyIn(_Actor):
+class VerifyIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "王芳", "role": "inspector", "note": "现场复查合格，予以销号"}]})
-    role: RoleIn = Field(
-        description="must be inspector: only the inspecting side verifies (复查) and closes (销号)")
+        {"note": "现场复查合格，予以销号"}]})
     note: str | None = Field(default=None, max_length=2000)
-    evidence: list[Evidence] = Field(default_factory=list, max_length=20, description="复查照片")
+    evidence: list[EvidenceIn] = Field(default_factory=list, max_length=20, description="复查照片")
 
 
-class RejectIn(_Actor):
+class RejectIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "王芳", "role": "inspector", "reason": "便池仍有尿碱，退回重改"}]})
-    role: RoleIn
+        {"reason": "便池仍有尿碱，退回重改"}]})
     reason: str = Field(min_length=1, max_length=2000)
-    evidence: list[Evidence] = Field(default_factory=list, max_length=20)
+    evidence: list[EvidenceIn] = Field(default_factory=list, max_length=20)
 
 
-class EscalateIn(_Actor):
+class EscalateIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "张伟", "role": "responsible", "reason": "化粪池产权不清，社区无法协调，请街道协调"}]})
-    role: RoleIn = Field(
-        description="must be responsible: the subject says it cannot solve it locally")
+        {"reason": "化粪池产权不清，社区无法协调，请街道协调"}]})
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class AnswerIn(_Actor):
+class AnswerIn(_In):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [
-        {"actor": "区爱卫办李明", "role": "coordinator", "note": "已协调环卫所清掏，请社区跟进",
-         "new_deadline_at": "2026-11-28T18:00:00+08:00"}]})
-    role: RoleIn = Field(description="must be coordinator")
+        {"note": "已协调环卫所清掏，请社区跟进", "new_deadline_at": "2026-11-28T18:00:00+08:00"}]})
     note: str = Field(min_length=1, max_length=2000, description="the coordination answer (协调意见)")
-    new_deadline_at: AwareDatetime | None = Field(default=None, description="a new time limit, if granted")
+    new_deadline_at: CampaignInstant | None = Field(default=None, description="a new time limit, if granted")
 
 
 class HistoryOut(BaseModel):
     at: datetime
-    actor: str
-    role: str
+    actor: str = Field(description="who acted (the authenticated person; 督办系统 for the sweeper)")
+    actor_subject: str | None = Field(default=None, description="the account that acted")
+    role: str = Field(description="the role acted in: rectifier, inspector, administrator, system, child_tier")
     action: str
     from_status: TaskStatus | None
     to_status: TaskStatus
@@ -102,6 +95,7 @@ class TaskOut(BaseModel):
     inspectors: list[str]
     subject_id: str = Field(description="the inspected subject")
     subject_name: str
+    subject_node: str = Field(description="the inspected subject's division code")
     responsible: ResponsibleOut
     place: PlaceRef | None
     checklist_code: str
@@ -139,6 +133,9 @@ class TaskOut(BaseModel):
     delegated_to: str | None = Field(default=None, description="handed down to this child stack (下级台账办理)")
     relapse_of: str | None = Field(description="the closed task this one repeats (反弹)")
     relapse: bool = Field(description="flagged as a relapse (反弹)")
+    embargoed: bool = Field(default=False, description="an unannounced inspection's task not yet released "
+                                                        "to the subject (暗访未公开)")
+    released_at: datetime | None = Field(default=None, description="when the unannounced inspection was released")
     history: list[HistoryOut] | None = None
 
 
@@ -162,7 +159,7 @@ class LedgerQuery(_In):
     period: str | None = Field(default=None, description="found in: 2026-11, 2026-Q4, 2026-W47, 2026-H2, 2026")
     relapse: bool | None = Field(default=None, description="only relapses (反弹) or only first findings")
     limit: int = Field(default=500, ge=1, le=10000)
-    offset: int = Field(default=0, ge=0)
+    offset: Offset = 0
 
     @field_validator("period")
     @classmethod

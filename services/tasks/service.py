@@ -4,6 +4,16 @@ Entrypoints only: parsing and validation happen in the shared HTTP layer, rules 
 `domain`, use cases in `operations`. Time comes from the controllable clock
 (`services.plumbing.clock`), so tests can let deadlines pass.
 
+Who may do what (issue 10; the actor and role recorded come from the access token):
+  reads (/tasks, /figures, exports, /coordination)  every role, filtered to the caller's subtrees
+  start, fix, escalate       a rectifier of the task's responsible subject (grant on its node)
+  verify, reject (销号)      an inspector of the inspecting side, never who submitted the fix
+  answer an escalation       an inspector or administrator of the tier asked to coordinate
+  POST /sweeps               an administrator of this stack's home node
+An unannounced inspection's tasks (暗访) are embargoed until `inspection_released`: only the
+inspecting side sees them, nothing is announced or handed down; afterwards the subject side
+never sees who inspected nor the inspectors' notes.
+
 Config (infra/nameko.yaml):
   TASKS_SWEEP_INTERVAL          seconds between sweeps in each instance (default 60; 0 = no timer)
   TASKS_URGE_REPEAT_HOURS       repeat an urge notice (督办) this often while overdue (24)
@@ -26,13 +36,14 @@ from services.plumbing.config import home_node
 from services.plumbing import operator_endpoints
 from services.plumbing.clock import Clock
 from services.plumbing.consumer import reliable_event_handler
+from services.plumbing.auth import ADMINISTRATOR, INSPECTOR, RECTIFIER, signed_in
 from services.plumbing.db import Database
 from services.plumbing.http import api
 from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.providers import Identity
-from services.tasks import operations as ops
+from services.tasks import cases, operations as ops
 from services.tasks.domain import Action
 from services.tasks.models import outbox as outbox_table, processed_events
 from services.tasks.schemas import (AnswerIn, CoordinationOut, CoordinationQuery, EscalateIn, FiguresOut,
@@ -42,6 +53,7 @@ from services.tasks.schemas import (AnswerIn, CoordinationOut, CoordinationQuery
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 class TasksService(operator_endpoints.OperatorEndpoints):
@@ -59,7 +71,20 @@ class TasksService(operator_endpoints.OperatorEndpoints):
     # --- consuming findings ---
 
     def _apply_once(self, body, event_type: str, consumer: str, apply):
-        return apply_once(self.db, processed_events, body, event_type, f"tasks.{consumer}", apply)
+        return apply_once(self.db, processed_events, ops.scrub_nul(body), event_type, f"tasks.{consumer}", apply)
+
+    @reliable_event_handler("inspection", "inspection_released")
+    def on_inspection_released(self, body):
+        now = self.clock.now()
+
+        def apply(session, envelope, released):
+            if released.inspecting_node != self.identity.home:
+                return []  # another office's inspection: its tasks are not in this ledger
+            tasks = ops.release_inspection(session, released, self.outbox, now,
+                                           correlation_id=str(released.inspection_id))
+            ops.refresh_gauges(session, now)
+            return [t.id for t in tasks]
+        return self._apply_once(body, "inspection_released", "on_inspection_released", apply)
 
     @reliable_event_handler("inspection", "inspection_submitted")
     def on_inspection_submitted(self, body):
@@ -71,6 +96,17 @@ class TasksService(operator_endpoints.OperatorEndpoints):
             ops.refresh_gauges(session, now)
             return [t.id for t in tasks]
         return self._apply_once(body, "inspection_submitted", "on_inspection_submitted", apply)
+
+    @reliable_event_handler("intake", "case_reported")
+    def on_case_reported(self, body):
+        now = self.clock.now()
+
+        def apply(session, envelope, case):
+            tasks = cases.open_case_task(session, case, self.outbox, self.identity.home, self._settings, now,
+                                         self.identity.child_stacks)
+            ops.refresh_gauges(session, now)
+            return [t.id for t in tasks]
+        return self._apply_once(body, "case_reported", "on_case_reported", apply)
 
     # --- tiers: tasks handed down from the parent, progress reported by children ---
 
@@ -118,87 +154,96 @@ class TasksService(operator_endpoints.OperatorEndpoints):
             return task.id if task else None
         return self._apply_once(body, "coordination_answered", "on_coordination_answered", apply)
 
-    @api("GET", "/coordination", query=CoordinationQuery, response=list[CoordinationOut],
+    @api("GET", "/coordination", query=CoordinationQuery, response=list[CoordinationOut], access=signed_in(),
          summary="协调事项 Escalations from child stacks this tier owes an answer to")
-    def list_coordination(self, request, query: CoordinationQuery):
-        return ops.list_coordination(self.db.session, query.status, self.clock.now())
+    def list_coordination(self, request, query: CoordinationQuery, principal):
+        return ops.list_coordination(self.db.session, query.status, self.clock.now(), principal, self.identity.home)
 
     @api("POST", "/coordination/<task_id>/answer", body=AnswerIn, response=CoordinationOut,
-         summary="协调答复 Answer a child stack's escalation (sent down to its ledger)")
-    def answer_coordination(self, request, task_id, body: AnswerIn):
+         access=signed_in(INSPECTOR, ADMINISTRATOR),
+         summary="协调答复 Answer a child stack's escalation (sent down to its ledger; this office's "
+                 "inspector or administrator)")
+    def answer_coordination(self, request, task_id, body: AnswerIn, principal):
         with self.db.transaction() as session:
-            return ops.answer_coordination(session, task_id, body.actor, body.role, body.note, body.new_deadline_at,
+            return ops.answer_coordination(session, task_id, principal, body.note, body.new_deadline_at,
                                            self.outbox, self.identity.home, self.clock.now())
 
-    # --- the ledger ---
+    # --- the ledger (reads: every role, filtered to the caller's subtrees) ---
 
-    @api("GET", "/tasks", query=LedgerQuery, response=list[TaskOut],
+    @api("GET", "/tasks", query=LedgerQuery, response=list[TaskOut], access=signed_in(),
          summary="整改台账 The ledger: tasks filtered by subject, status, light, category, period")
-    def list_tasks(self, request, query: LedgerQuery):
-        return ops.list_tasks(self.db.session, query, self.clock.now())
+    def list_tasks(self, request, query: LedgerQuery, principal):
+        return ops.list_tasks(self.db.session, query, self.clock.now(), principal)
 
-    @api("GET", "/tasks/<task_id>", response=TaskOut, summary="查看整改任务 One task with its history")
-    def get_task(self, request, task_id):
-        return ops.task_out(ops.get_task(self.db.session, task_id), self.clock.now(), with_history=True)
+    @api("GET", "/tasks/<task_id>", response=TaskOut, access=signed_in(),
+         summary="查看整改任务 One task with its history")
+    def get_task(self, request, task_id, principal):
+        return ops.task_out(ops.get_visible_task(self.db.session, task_id, principal), self.clock.now(),
+                            with_history=True, principal=principal)
 
-    @api("GET", "/tasks/<task_id>/history", response=list[HistoryOut], summary="履职记录 A task's transitions")
-    def get_history(self, request, task_id):
-        return ops.task_history(self.db.session, task_id)
+    @api("GET", "/tasks/<task_id>/history", response=list[HistoryOut], access=signed_in(),
+         summary="履职记录 A task's transitions")
+    def get_history(self, request, task_id, principal):
+        return ops.task_history(self.db.session, task_id, principal)
 
-    @api("GET", "/ledger/export.csv", query=LedgerQuery, summary="导出台账 CSV Export the ledger as CSV (UTF-8)")
-    def export_csv(self, request, query: LedgerQuery):
-        data = ops.export_csv(self.db.session, query, self.clock.now())
+    @api("GET", "/ledger/export.csv", query=LedgerQuery, access=signed_in(), content_type="text/csv",
+         summary="导出台账 CSV Export the ledger as CSV (UTF-8)")
+    def export_csv(self, request, query: LedgerQuery, principal):
+        data = ops.export_csv(self.db.session, query, self.clock.now(), principal)
         return Response(data, content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": "attachment; filename=ledger.csv"})
 
-    @api("GET", "/ledger/export.xlsx", query=LedgerQuery, summary="导出台账 Excel Export the ledger as .xlsx")
-    def export_xlsx(self, request, query: LedgerQuery):
-        data = ops.export_xlsx(self.db.session, query, self.clock.now())
-        return Response(data, content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                        headers={"Content-Disposition": "attachment; filename=ledger.xlsx"})
+    @api("GET", "/ledger/export.xlsx", query=LedgerQuery, access=signed_in(), content_type=XLSX,
+         summary="导出台账 Excel Export the ledger as .xlsx")
+    def export_xlsx(self, request, query: LedgerQuery, principal):
+        data = ops.export_xlsx(self.db.session, query, self.clock.now(), principal)
+        return Response(data, content_type=XLSX, headers={"Content-Disposition": "attachment; filename=ledger.xlsx"})
 
-    @api("GET", "/figures", query=FiguresQuery, response=list[FiguresOut],
+    @api("GET", "/figures", query=FiguresQuery, response=list[FiguresOut], access=signed_in(),
          summary="台账统计 Figures per subject: 销号率, on-time rate, mean time to fix, relapses")
-    def get_figures(self, request, query: FiguresQuery):
-        return ops.figures(self.db.session, query.period, query.subject_id, self.clock.now())
+    def get_figures(self, request, query: FiguresQuery, principal):
+        return ops.figures(self.db.session, query.period, query.subject_id, self.clock.now(), principal)
 
-    # --- the lifecycle ---
+    # --- the lifecycle: who may act is decided per task (domain.acting_role) ---
 
-    def _act(self, task_id: str, action: Action, body, **kw) -> TaskOut:
+    def _act(self, task_id: str, action: Action, principal, **kw) -> TaskOut:
         now = self.clock.now()
         with self.db.transaction() as session:
-            result = ops.act(session, task_id, action, body.actor, body.role, now, self.outbox, self._settings, **kw)
+            result = ops.act(session, task_id, action, principal, now, self.outbox, self._settings, **kw)
             ops.refresh_gauges(session, now)
         return result
 
-    @api("POST", "/tasks/<task_id>/start", body=StartIn, response=TaskOut, summary="开始整改 Start the fix")
-    def start_task(self, request, task_id, body: StartIn):
-        return self._act(task_id, Action.start, body, note=body.note)
+    @api("POST", "/tasks/<task_id>/start", body=StartIn, response=TaskOut, access=signed_in(RECTIFIER),
+         summary="开始整改 Start the fix (the responsible subject's rectifier)")
+    def start_task(self, request, task_id, body: StartIn, principal):
+        return self._act(task_id, Action.start, principal, note=body.note)
 
-    @api("POST", "/tasks/<task_id>/fix", body=FixIn, response=TaskOut,
-         summary="提交整改 Submit the fix with after-photos and a note")
-    def submit_fix(self, request, task_id, body: FixIn):
-        return self._act(task_id, Action.submit_fix, body, note=body.note, evidence=body.after_photos)
+    @api("POST", "/tasks/<task_id>/fix", body=FixIn, response=TaskOut, access=signed_in(RECTIFIER),
+         summary="提交整改 Submit the fix with after-photos and a note (the responsible subject's rectifier)")
+    def submit_fix(self, request, task_id, body: FixIn, principal):
+        return self._act(task_id, Action.submit_fix, principal, note=body.note, evidence=body.after_photos)
 
-    @api("POST", "/tasks/<task_id>/verify", body=VerifyIn, response=TaskOut,
+    @api("POST", "/tasks/<task_id>/verify", body=VerifyIn, response=TaskOut, access=signed_in(INSPECTOR),
          summary="核实销号 Verify the fix on site and close the task (inspecting side, not the fixer)")
-    def verify_task(self, request, task_id, body: VerifyIn):
-        return self._act(task_id, Action.verify, body, note=body.note, evidence=body.evidence)
+    def verify_task(self, request, task_id, body: VerifyIn, principal):
+        return self._act(task_id, Action.verify, principal, note=body.note, evidence=body.evidence)
 
-    @api("POST", "/tasks/<task_id>/reject", body=RejectIn, response=TaskOut,
-         summary="退回重改 Reject the fix: back to in progress")
-    def reject_task(self, request, task_id, body: RejectIn):
-        return self._act(task_id, Action.reject, body, note=body.reason, evidence=body.evidence)
+    @api("POST", "/tasks/<task_id>/reject", body=RejectIn, response=TaskOut, access=signed_in(INSPECTOR),
+         summary="退回重改 Reject the fix: back to in progress (inspecting side, not the fixer)")
+    def reject_task(self, request, task_id, body: RejectIn, principal):
+        return self._act(task_id, Action.reject, principal, note=body.reason, evidence=body.evidence)
 
-    @api("POST", "/tasks/<task_id>/escalate", body=EscalateIn, response=TaskOut,
-         summary="上报协调 Cannot solve locally: escalate to the tier above")
-    def escalate_task(self, request, task_id, body: EscalateIn):
-        return self._act(task_id, Action.escalate, body, note=body.reason)
+    @api("POST", "/tasks/<task_id>/escalate", body=EscalateIn, response=TaskOut, access=signed_in(RECTIFIER),
+         summary="上报协调 Cannot solve locally: escalate to the tier above (the responsible subject's rectifier)")
+    def escalate_task(self, request, task_id, body: EscalateIn, principal):
+        return self._act(task_id, Action.escalate, principal, note=body.reason)
 
     @api("POST", "/tasks/<task_id>/answer", body=AnswerIn, response=TaskOut,
-         summary="协调答复 The tier above answers an escalation (optionally a new deadline)")
-    def answer_task(self, request, task_id, body: AnswerIn):
-        return self._act(task_id, Action.answer, body, note=body.note, new_deadline_at=body.new_deadline_at)
+         access=signed_in(INSPECTOR, ADMINISTRATOR),
+         summary="协调答复 The tier above answers an escalation (optionally a new deadline; its inspector or "
+                 "administrator)")
+    def answer_task(self, request, task_id, body: AnswerIn, principal):
+        return self._act(task_id, Action.answer, principal, note=body.note, new_deadline_at=body.new_deadline_at)
 
     # --- the sweeper ---
 
@@ -209,9 +254,11 @@ class TasksService(operator_endpoints.OperatorEndpoints):
             ops.refresh_gauges(session, now)
         return result
 
-    @api("POST", "/sweeps", response=SweepOut, status=201,
-         summary="督办巡检 Run the overdue sweep now (urge notices, escalations)")
-    def run_sweep(self, request):
+    @api("POST", "/sweeps", response=SweepOut, status=201, access=signed_in(ADMINISTRATOR),
+         summary="督办巡检 Run the overdue sweep now (urge notices, escalations; this office's administrator)")
+    def run_sweep(self, request, principal):
+        # The sweep acts on the whole ledger: the office that owns it decides when.
+        principal.require(ADMINISTRATOR, self.identity.home, "role")
         return self._sweep()
 
     @ConfigurableTimer.decorator("TASKS_SWEEP_INTERVAL", 60)

@@ -4,7 +4,10 @@
     python -m services.tools.dead_letters replay --service scoring [--event-id ID]
 
 Replay sends each message back to the queue it died in (from its x-death header), so it
-is handled again once the cause is fixed; idempotent consumers make a replay safe.
+is handled again once the cause is fixed; idempotent consumers make a replay safe. Where
+producers are checked by broker user (EVENT_PRODUCERS), replay with the consuming service's
+own broker credentials (`--amqp-uri`): its consumers believe the original publisher named
+in a copy only when the copy comes from their own user.
 """
 from __future__ import annotations
 
@@ -15,30 +18,50 @@ import sys
 
 from kombu import Connection
 
-from services.plumbing.consumer import dead_letter_queue_name
+from services.plumbing.config import broker_user
+from services.plumbing.consumer import (DEAD_QUEUE_HEADER, DEAD_REASON_HEADER, PRODUCER_USER_HEADER,
+                                        dead_letter_queue_name, publishing_user)
 
 
 def _origin_queue(message) -> str | None:
-    deaths = (message.headers or {}).get("x-death") or []
-    return deaths[0].get("queue") if deaths else None
+    headers = message.headers or {}
+    deaths = headers.get("x-death") or []
+    # Dead-lettered by the consumer itself (undecodable, retries exhausted): its own header.
+    return deaths[0].get("queue") if deaths else headers.get(DEAD_QUEUE_HEADER)
 
 
-def list_dead_letters(amqp_uri: str, service: str) -> list[dict]:
-    """Peek without consuming: every message is fetched, recorded and returned to the queue."""
+def _body(message):
+    """The JSON body, or for a message that is not JSON at all, its raw text (so listing
+    never fails on the undecodable messages that are dead-lettered for that very reason)."""
+    try:
+        return json.loads(message.body)
+    except (ValueError, TypeError):
+        raw = message.body
+        return {"undecodable": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)}
+
+
+def list_dead_letters(amqp_uri: str, service: str, limit: int | None = None) -> list[dict]:
+    """Peek without consuming: every message (the first `limit`) is fetched, recorded and
+    returned to the queue."""
     out, held = [], []
-    with Connection(amqp_uri) as conn:
+    with Connection(amqp_uri, connect_timeout=5) as conn:
         channel = conn.channel()
-        while True:
+        while limit is None or len(held) < limit:
             message = channel.basic_get(dead_letter_queue_name(service), no_ack=False)
             if message is None:
                 break
             held.append(message)
-            body = json.loads(message.body)
-            deaths = (message.headers or {}).get("x-death") or [{}]
+            body = _body(message)
+            headers = message.headers or {}
+            deaths = headers.get("x-death") or [{}]
             out.append({"event_id": body.get("event_id") if isinstance(body, dict) else None,
                         "event_type": body.get("event_type") if isinstance(body, dict) else None,
-                        "queue": _origin_queue(message), "reason": deaths[0].get("reason"),
-                        "count": deaths[0].get("count"), "body": body})
+                        "queue": _origin_queue(message),
+                        "reason": headers.get(DEAD_REASON_HEADER) or deaths[0].get("reason"),
+                        "count": deaths[0].get("count"),
+                        "published_by": (headers[PRODUCER_USER_HEADER] or None) if PRODUCER_USER_HEADER in headers
+                        else message.properties.get("user_id"),
+                        "body": body})
         for message in held:
             channel.basic_reject(message.delivery_tag, requeue=True)
         channel.close()
@@ -47,6 +70,7 @@ def list_dead_letters(amqp_uri: str, service: str) -> list[dict]:
 
 def replay_dead_letters(amqp_uri: str, service: str, event_id: str | None = None) -> int:
     replayed = 0
+    own_user = broker_user(amqp_uri)
     with Connection(amqp_uri) as conn:
         channel = conn.channel()
         producer = conn.Producer(channel=channel)
@@ -55,14 +79,19 @@ def replay_dead_letters(amqp_uri: str, service: str, event_id: str | None = None
             message = channel.basic_get(dead_letter_queue_name(service), no_ack=False)
             if message is None:
                 break
-            body = json.loads(message.body)
+            body = _body(message)
             queue = _origin_queue(message)
             if queue is None or (event_id and (not isinstance(body, dict) or body.get("event_id") != event_id)):
                 skipped.append(message)
                 continue
-            headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
-            producer.publish(body, exchange="", routing_key=queue, serializer="json", headers=headers,
-                             delivery_mode=2)
+            headers = {k: v for k, v in (message.headers or {}).items()
+                       if not k.startswith("x-") and k != PRODUCER_USER_HEADER}
+            headers[PRODUCER_USER_HEADER] = publishing_user(message, own_user) or ""
+            # As received (raw bytes and content type): a replay is the same message again.
+            producer.publish(message.body, exchange="", routing_key=queue, headers=headers, delivery_mode=2,
+                             user_id=own_user,
+                             content_type=message.properties.get("content_type") or "application/octet-stream",
+                             content_encoding=message.properties.get("content_encoding") or "binary")
             channel.basic_ack(message.delivery_tag)
             replayed += 1
         for message in skipped:

@@ -9,7 +9,7 @@ and its children's freshness, then stops the stacks and removes the vhosts.
     python -m services.tools.demo [--keep-running] [--keep] [--base-port 9100]
 
 Each tier's stack is one `nameko run` of the four services with its own ports
-(base + 10 × i + 1..4), its own SQLite file and log in var/demo/, its own vhost; the
+(base + 10 × i + 1..6), its own SQLite file and log in var/demo/, its own vhost; the
 tier's children that run stacks of their own are its CHILD_STACKS, so findings about
 them are handed down. Ctrl-C (or any error) stops every stack this command started.
 """
@@ -34,12 +34,14 @@ import requests
 from services.contracts.checklists import default_catalogue
 from services.contracts.nodes import is_within, tier_of
 from services.contracts.periods import CST
+from services.contracts.vocab import movement_text
+from services.plumbing.auth import ROLES, SigningKey, access_claims
 from services.tools import federation
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEMO_FILE = ROOT / "infra" / "tiers" / "demo.yaml"
 VAR = ROOT / "var" / "demo"
-SERVICES = ("inspection", "scoring", "tasks", "notify")
+SERVICES = ("inspection", "scoring", "tasks", "notify", "photos", "console")
 MONTHS = ("2026-10", "2026-11")
 LAST_DAY = date(2026, 11, 20)          # the feed stops here (and never goes past now)
 CHECKLIST_VERSION = "2010.1"
@@ -262,8 +264,39 @@ class DemoError(RuntimeError):
     pass
 
 
-def call(method: str, url: str, body: dict | None = None, ok=(200, 201), timeout: float = 30) -> dict | list:
-    response = requests.request(method, url, json=body, timeout=timeout)
+class DemoIdentity:
+    """The demo plays every office's staff: it signs its own access tokens with a key made for
+    this run, and every stack trusts that key (AUTH_JWKS_FILE). A real installation gets its
+    tokens from the accounts service instead."""
+    key: SigningKey | None = None
+    jwks_file: Path | None = None
+
+    @classmethod
+    def start(cls, directory: Path) -> None:
+        cls.key = SigningKey.generate(kid="demo")
+        cls.jwks_file = directory / "jwks.json"
+        cls.jwks_file.write_text(json.dumps(cls.key.jwks()), encoding="utf-8")
+
+    @classmethod
+    def headers(cls, person: tuple[str, str, str] | None = None) -> dict:
+        """The operator (every role on the province), or `person` = (account, name, grants as
+        "role@node"): a subject's contact fixes, an inspector of the inspecting side verifies,
+        and who fixed a task may never verify it."""
+        if cls.key is None:
+            return {}
+        if person is None:
+            claims = access_claims("demo-operator", "演示操作员",
+                                   [{"role": role, "node": "410000000000"} for role in ROLES], ttl=600)
+        else:
+            account, name, grant = person
+            role, node = grant.split("@")
+            claims = access_claims(account, name, [{"role": role, "node": node}], ttl=600)
+        return {"Authorization": f"Bearer {cls.key.sign(claims)}"}
+
+
+def call(method: str, url: str, body: dict | None = None, ok=(200, 201), timeout: float = 30,
+         person: tuple[str, str, str] | None = None) -> dict | list:
+    response = requests.request(method, url, json=body, timeout=timeout, headers=DemoIdentity.headers(person))
     if response.status_code not in ok:
         raise DemoError(f"{method} {url}: {response.status_code} {response.text[:500]}")
     return response.json()
@@ -293,11 +326,15 @@ def start_stack(stack: Stack, config: federation.TierConfig) -> None:
         "SCORING_ADDRESS": f"127.0.0.1:{stack.port('scoring')}",
         "TASKS_ADDRESS": f"127.0.0.1:{stack.port('tasks')}",
         "NOTIFY_ADDRESS": f"127.0.0.1:{stack.port('notify')}",
+        "PHOTOS_ADDRESS": f"127.0.0.1:{stack.port('photos')}",
+        "CONSOLE_ADDRESS": f"127.0.0.1:{stack.port('console')}",
+        "PHOTOS_DIR": str(VAR / stack.node / "photos"),
         "CHILD_STACKS": ",".join(stack.children),
         "TASKS_SWEEP_INTERVAL": "0",
         "NOTIFY_BULLETIN_SCHEDULE": "false",
         "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1",  # no mail leaves the demo
         "OUTBOX_POLL_INTERVAL": "0.2",
+        "AUTH_JWKS_FILE": str(DemoIdentity.jwks_file),
     })
     command = [sys.executable, "-m", "nameko", "run", "--config", str(ROOT / "infra" / "nameko.yaml"),
                *[f"services.{name}.service" for name in SERVICES]]
@@ -426,6 +463,10 @@ def feed(visits: list[Visit], reg: Registry, rng: random.Random) -> dict[str, li
         if visit.note:
             body["note"] = visit.note
         out = call("POST", s.url("inspection", "/inspections"), body)
+        if visit.kind == "unannounced":
+            # The city tells a district of its 暗访 once the visit is done: only then do the
+            # findings become the district's tasks.
+            call("POST", s.url("inspection", f"/inspections/{out['inspection_id']}/release"))
         scores.setdefault(s.node, []).append(out["score"])
     return scores
 
@@ -441,18 +482,25 @@ def close_out(stacks: list[Stack], rng: random.Random, found_before: datetime, s
                 continue
             if any(is_within(task["responsible"]["node"], child) for child in stack.children):
                 continue  # handed down: the child's ledger closes it and this copy follows
+            if task.get("embargoed"):
+                continue  # an unreleased unannounced inspection (暗访): not yet the subject's to fix
             base = stack.url("tasks", f"/tasks/{task['task_id']}")
-            responsible = task["responsible"]["name"]
+            responsible = task["responsible"]
+            # Who acts comes from the token: the subject's contact fixes, one of the
+            # inspecting office's inspectors verifies.
+            contact = (f"contact-{responsible['subject_id']}", f"{responsible['name']}负责人",
+                       f"rectifier@{responsible['node']}")
+            inspector = task["inspectors"][0] if task["inspectors"] else "检查员"
+            verifier = (f"inspector-{task['inspecting_node']}-{inspector}", inspector,
+                        f"inspector@{task['inspecting_node']}")
             try:
                 if task["status"] == "open":
-                    call("POST", base + "/start", {"actor": f"{responsible}负责人", "role": "responsible",
-                                                   "note": "已安排整改"})
-                call("POST", base + "/fix", {"actor": f"{responsible}负责人", "role": "responsible",
-                                             "note": f"已整改：{task['note'] or task['item_text']}",
+                    call("POST", base + "/start", {"note": "已安排整改"}, person=contact)
+                call("POST", base + "/fix", {"note": f"已整改：{task['note'] or task['item_text']}",
                                              "after_photos": [{"uri": f"photos/after/{task['task_id']}.jpg",
-                                                               "sha256": f"{rng.getrandbits(256):064x}"}]})
-                call("POST", base + "/verify", {"actor": task["inspectors"][0], "role": "inspector",
-                                                "note": "现场复查合格，予以销号"})
+                                                               "sha256": f"{rng.getrandbits(256):064x}"}]},
+                     person=contact)
+                call("POST", base + "/verify", {"note": "现场复查合格，予以销号"}, person=verifier)
                 closed += 1
             except DemoError as exc:
                 if " 409 " not in str(exc):   # e.g. already closed by a retry
@@ -513,12 +561,6 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
     return "\n".join([line(headers), line(["-" * s for s in sizes])] + [line(r) for r in rows])
 
 
-def movement_text(value: int | None) -> str:
-    if value is None:
-        return "新"
-    return f"↑{value}" if value > 0 else (f"↓{-value}" if value < 0 else "—")
-
-
 def note_for(row: dict) -> str:
     notes = []
     if row["vetoed"]:
@@ -575,7 +617,7 @@ def print_tier(stack: Stack) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEMO_FILE), help="tiers file (default infra/tiers/demo.yaml)")
-    parser.add_argument("--base-port", type=int, default=9100, help="tier i listens on base+10i+1..4 (default 9100)")
+    parser.add_argument("--base-port", type=int, default=9100, help="tier i listens on base+10i+1..6 (default 9100)")
     parser.add_argument("--keep-running", action="store_true", help="leave the stacks running at the end")
     parser.add_argument("--keep", action="store_true", help="leave the vhosts and federation links in place")
     parser.add_argument("--settle-timeout", type=float, default=180, help="seconds to wait for the scores")
@@ -596,13 +638,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shutil.rmtree(VAR, ignore_errors=True)
         VAR.mkdir(parents=True)
+        DemoIdentity.start(VAR)
         print(f"wiring {len(stacks)} tiers (vhost per tier, federation links) from {args.config}", flush=True)
         federation.unwire(config)   # a fresh start: no queue or message left from an earlier run
         federation.wire(config)
         for stack in stacks:
             start_stack(stack, config)
             print(f"  started {stack.name:<6}（{stack.node}，{TIER_LABEL[stack.level]}）ports "
-                  f"{stack.port('inspection')}-{stack.port('notify')}, children: "
+                  f"{stack.port('inspection')}-{stack.port('console')} (board /board), children: "
                   f"{', '.join(by_node[c].name for c in stack.children) or '—'}, log {stack.log.relative_to(ROOT)}",
                   flush=True)
         wait_healthy(stacks)
@@ -622,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if not settled(stacks, args.settle_timeout):
             print(f"  (still changing after {args.settle_timeout:.0f} s; printing what is there)")
+        for stack in stacks:  # the month's bulletin releases each office's ranking to its public board
+            call("POST", stack.url("notify", "/bulletins"), {"period": MONTHS[-1], "notify": False})
         ranked = {}
         for stack in sorted(stacks, key=lambda s: (["city", "district", "street", "community"].index(s.level),
                                                    s.index)):
@@ -633,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             print("stacks left running (--keep-running):")
             for stack in stacks:
                 print(f"  {stack.name}: pid {stack.process.pid}, http://127.0.0.1:{stack.port('scoring')}/rankings"
-                      f"?period={MONTHS[-1]}&tier={CHILD_TIER[stack.level]}")
+                      f"?period={MONTHS[-1]}&tier={CHILD_TIER[stack.level]}, public board "
+                      f"http://127.0.0.1:{stack.port('console')}/board")
             pids = " ".join(f"-{s.process.pid}" for s in stacks)
             print(f"stop them with: kill -TERM -- {pids}\n"
                   f"then remove the vhosts: python -m services.tools.federation unwire {args.config}")

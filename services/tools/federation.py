@@ -3,6 +3,10 @@
     python -m services.tools.federation wire   infra/tiers/demo.yaml
     python -m services.tools.federation status infra/tiers/demo.yaml
     python -m services.tools.federation unwire infra/tiers/demo.yaml
+    python -m services.tools.federation exporter infra/tiers/demo.yaml --listen 127.0.0.1:9419
+
+`exporter` serves `chuangwei_federation_link_up{tier,direction,peer}` for Prometheus: 1 while
+the link is running, 0 when it is starting, failing or missing (see infra/prometheus/).
 
 For every tier: its vhost and the four tier exchanges (see services.contracts.tiers).
 For every parent-child pair, two links, each with its own least-privilege user:
@@ -221,6 +225,56 @@ def link_status(config: TierConfig) -> list[dict]:
     return out
 
 
+def expected_links(config: TierConfig) -> list[tuple[Tier, str, str, str]]:
+    """(downstream tier, direction, peer node, upstream name) of every link the wiring creates."""
+    links = []
+    for tier in config.tiers:
+        if tier.parent is not None:
+            links.append((config.tier(tier.parent), "up", tier.node, f"child-{tier.node}"))
+            links.append((tier, "down", tier.parent, "parent"))
+    return links
+
+
+def link_states(config: TierConfig) -> list[dict]:
+    """Every expected link with up = 1 (running) or 0 (starting, failing, or missing)."""
+    running: dict[str, set[str]] = {}
+    for tier in config.tiers:
+        try:
+            links = config.api_of(tier).get(f"/federation-links/{_vh(tier.vhost)}") or []
+        except (requests.RequestException, RuntimeError):  # a broker we cannot reach: its links count as down
+            links = []
+        running[tier.node] = {link.get("upstream") for link in links if link.get("status") == "running"}
+    return [{"tier": tier.node, "direction": direction, "peer": peer,
+             "up": 1 if upstream in running.get(tier.node, set()) else 0}
+            for tier, direction, peer, upstream in expected_links(config)]
+
+
+class LinkCollector:
+    """A Prometheus collector that asks the management APIs on every scrape."""
+
+    def __init__(self, config: TierConfig):
+        self.config = config
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        family = GaugeMetricFamily("chuangwei_federation_link_up",
+                                   "1 while the federation link runs (direction up: child to parent)",
+                                   labels=["tier", "direction", "peer"])
+        for row in link_states(self.config):
+            family.add_metric([row["tier"], row["direction"], row["peer"]], row["up"])
+        yield family
+
+
+def serve_exporter(config: TierConfig, listen: str) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    registry = CollectorRegistry()
+    registry.register(LinkCollector(config))
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    while True:
+        time.sleep(3600)
+
+
 def unwire(config: TierConfig) -> None:
     for tier in config.tiers:
         api = config.api_of(tier)
@@ -232,8 +286,9 @@ def unwire(config: TierConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["wire", "status", "unwire"])
+    parser.add_argument("action", choices=["wire", "status", "unwire", "exporter"])
     parser.add_argument("config")
+    parser.add_argument("--listen", default="127.0.0.1:9419", help="exporter: host:port to serve /metrics on")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.action == "wire":
@@ -242,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "status":
         for row in link_status(config):
             print(json.dumps(row, ensure_ascii=False))
+    elif args.action == "exporter":
+        serve_exporter(config, args.listen)
     else:
         unwire(config)
         print("removed the tiers' vhosts and link users")

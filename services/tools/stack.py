@@ -20,7 +20,8 @@ def _root() -> Path:
 
 
 ROOT = _root()
-ALL_SERVICES = ["inspection", "scoring", "tasks", "notify"]
+ALL_SERVICES = ["accounts", "inspection", "scoring", "tasks", "notify", "indicators", "photos", "console",
+                "intake"]
 
 
 def available_services() -> list[str]:

@@ -78,8 +78,12 @@ def test_upward_facts_reach_the_parent_and_downward_facts_only_the_addressed_chi
     assert collect(chain, "411500000000", city_sink, 1) == [{"n": 1}]
 
     publish(chain, "411500000000", DOWN_EXCHANGE, routing_key("task_assigned", "411502008001"), {"task": "A"})
+    # A marker for the other child, after it on the same exchange: its link would have carried
+    # "A" first, had it been bound to it.
+    publish(chain, "411500000000", DOWN_EXCHANGE, routing_key("task_assigned", "411503001001"), {"task": "marker"})
     assert collect(chain, "411502000000", shihe_sink, 1) == [{"task": "A"}]
-    assert drain(chain, "411503000000", pingqiao_sink) == []
+    assert collect(chain, "411503000000", pingqiao_sink, 1) == [{"task": "marker"}]
+    assert drain(chain, "411502000000", shihe_sink) == []
 
 
 def _bound_upstream(config):
@@ -95,11 +99,26 @@ def test_events_published_while_a_link_is_down_arrive_once_when_it_is_back(chain
                                    for l in federation.link_status(chain)), timeout=20, message="link down")
     for n in range(5):
         publish(chain, "411502000000", UP_EXCHANGE, routing_key("score_published", "411502000000"), {"n": n})
+    # All five are held in the link's queue on the child's broker, with nobody taking them.
+    support.wait_until(lambda: _link_queue(chain, "411502000000") == (5, 0), timeout=30,
+                       message="five messages waiting in the cut link's queue")
     assert drain(chain, "411500000000", city_sink) == []
     federation.set_upward_link(chain, "411502000000", enabled=True)
     got = collect(chain, "411500000000", city_sink, 5, timeout=40)
     assert sorted(m["n"] for m in got) == [0, 1, 2, 3, 4]
-    assert drain(chain, "411500000000", city_sink) == []
+    # A marker sent after them, over the same link: a second copy of any would come before it.
+    publish(chain, "411502000000", UP_EXCHANGE, routing_key("score_published", "411502000000"), {"n": "marker"})
+    assert collect(chain, "411500000000", city_sink, 1) == [{"n": "marker"}]
+
+
+def _link_queue(config, node) -> tuple[int, int] | None:
+    """(messages ready, consumers) of the upward link's queue on `node`'s broker."""
+    tier = config.tier(node)
+    queues = [q for q in config.api_of(tier).get(f"/queues/{tier.vhost}") or []
+              if q["name"].startswith("federation: ")]
+    if len(queues) != 1 or "messages_ready" not in queues[0]:
+        return None
+    return queues[0]["messages_ready"], queues[0].get("consumers", 0)
 
 
 def test_link_users_have_least_privilege(chain):
@@ -111,3 +130,28 @@ def test_link_users_have_least_privilege(chain):
     upstream = api.get(f"/parameters/federation-upstream/{chain.tier('411500000000').vhost}/child-411502000000")
     assert upstream["value"]["max-hops"] == 1 and upstream["value"]["ack-mode"] == "on-confirm"
     assert federation.up_user(child) in upstream["value"]["uri"]
+
+
+def test_link_exporter_reports_every_link_and_a_cut_one_as_down(chain):
+    from prometheus_client import CollectorRegistry, generate_latest
+    registry = CollectorRegistry()
+    registry.register(federation.LinkCollector(chain))
+
+    def exported():
+        text = generate_latest(registry).decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("chuangwei_federation_link_up{")}
+    shihe_up = 'chuangwei_federation_link_up{direction="up",peer="411502000000",tier="411500000000"}'
+    assert exported() == {
+        shihe_up: 1.0,
+        'chuangwei_federation_link_up{direction="down",peer="411500000000",tier="411502000000"}': 1.0,
+        'chuangwei_federation_link_up{direction="up",peer="411503000000",tier="411500000000"}': 1.0,
+        'chuangwei_federation_link_up{direction="down",peer="411500000000",tier="411503000000"}': 1.0,
+    }
+    federation.set_upward_link(chain, "411502000000", enabled=False)
+    try:
+        support.wait_until(lambda: exported()[shihe_up] == 0.0, timeout=30, message="the cut link reported down")
+        assert sum(exported().values()) == 3.0
+    finally:
+        federation.set_upward_link(chain, "411502000000", enabled=True)
+    support.wait_until(lambda: exported()[shihe_up] == 1.0, timeout=60, message="the restored link reported up")

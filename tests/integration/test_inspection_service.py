@@ -111,6 +111,43 @@ def test_retried_submission_returns_the_same_inspection_and_publishes_once(inspe
     assert counts(inspection_stack["database_url"]) == (1, 1)
 
 
+def test_concurrent_submissions_with_one_idempotency_key_make_one_row_and_one_event(inspection_stack, event_tap):
+    """Ten phones' retries of one offline capture arrive at once (green threads, each with its
+    own connection, against real PostgreSQL): one inspection, one event, every answer naming it."""
+    import eventlet
+    api, database_url = inspection_stack["api"], inspection_stack["database_url"]
+    tap = event_tap(("inspection.events", "inspection_submitted"))
+    subject, place = register(api)
+    body = inspection_body(subject, place, idempotency_key="phone-race-001")
+    start = eventlet.Event()
+
+    def submit(_):
+        client = support.ApiClient(api.base_url)  # its own connection: really concurrent
+        start.wait()
+        answers = [client.post("/inspections", body)]
+        # The loser of a race past the lookup is told to retry (409), and a retry finds the winner.
+        while answers[-1].status_code == 409:
+            assert answers[-1].json()["errors"] == [{"field": "idempotency_key", "reason":
+                                                      "a concurrent request with this key is in progress; retry"}]
+            answers.append(client.post("/inspections", body))
+        return answers
+    pool = eventlet.GreenPool(10)
+    running = [pool.spawn(submit, n) for n in range(10)]
+    eventlet.sleep(0)
+    start.send()
+    finals = [gt.wait()[-1] for gt in running]
+
+    assert sorted(r.status_code for r in finals) == [200] * 9 + [201], [r.text for r in finals]
+    assert len({r.json()["inspection_id"] for r in finals}) == 1
+    assert counts(database_url) == (1, 1)  # one inspection row, one outbox row: written together
+    # A later inspection's event as the marker: a second event for the raced one would come first.
+    marker = api.post("/inspections", inspection_body(subject, place, idempotency_key="phone-race-002"))
+    assert marker.status_code == 201, marker.text
+    events = tap.wait_for("inspection_submitted", 2)
+    assert [e["payload"]["inspection_id"] for e in events] == [finals[0].json()["inspection_id"],
+                                                                marker.json()["inspection_id"]]
+
+
 BAD_INPUTS = [
     ("unknown subject", lambda s, p: inspection_body(s, p, subject_id="no-such-subject"), 422, "subject_id"),
     ("unknown item", lambda s, p: inspection_body(s, p, results=[{"item_code": "XX-99", "findings": 1}]),
@@ -118,8 +155,8 @@ BAD_INPUTS = [
     ("deduction above cap", lambda s, p: inspection_body(s, p, results=[{"item_code": "PT-02", "findings": 1,
                                                                          "deduction": 21}]),
      422, "results[0].deduction"),
-    ("future time", lambda s, p: inspection_body(
-        s, p, inspected_at=iso(datetime.now(timezone.utc) + timedelta(days=1))), 422, "inspected_at"),
+    ("more than a day ahead", lambda s, p: inspection_body(
+        s, p, inspected_at=iso(datetime.now(timezone.utc) + timedelta(hours=25))), 422, "inspected_at"),
     ("negative findings", lambda s, p: inspection_body(s, p, results=[{"item_code": "PT-02", "findings": -1}]),
      422, "results[0].findings"),
     ("unknown checklist", lambda s, p: inspection_body(s, p, checklist={"version": "2010.1", "code": "nope"}),
@@ -221,16 +258,18 @@ def test_event_committed_before_a_crash_is_published_on_restart(amqp_uri, databa
         table = outbox
         exchange_name = event_exchange_name("inspection")
 
+    from services.contracts.identity import ROLES, Grant, Principal
+    office = Principal(subject="u-1", name="王芳", grants=tuple(Grant(role, STREET) for role in ROLES))
     jurisdiction = ops.Jurisdiction(STREET)
     with Session(engine) as session, session.begin():
         subject = ops.register_subject(session, SubjectCreate(subject_type="child_unit", node=COMMUNITY,
-                                                              name="周家山社区"), jurisdiction)
+                                                              name="周家山社区"), jurisdiction, office)
         data = InspectionIn(kind="unannounced", subject_id=subject.subject_id,
                             checklist={"version": "2010.1", "code": "national-ten-areas"}, inspectors=["暗访组"],
                             inspected_at=datetime.now(timezone.utc), results=[])
         inspection, _ = ops.record_inspection(session, data, default_catalogue(), jurisdiction,
                                               WorkerOutbox(NoRelayProvider(), Producer(node=STREET, service="inspection")),
-                                              100)
+                                              100, office)
     engine.dispose()
     tap = event_tap(("inspection.events", "inspection_submitted"))
     assert tap.drain() == []

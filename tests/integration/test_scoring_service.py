@@ -20,6 +20,7 @@ from tests import support
 pytestmark = pytest.mark.integration
 
 STREET = "411502008000"  # 金牛山街道
+TEST_USER = "测试管理员 (user-测试管理员)"  # the label of support.ApiClient's default caller
 ZHOUJIASHAN, XIANGTANG, SHILIHE = "411502008001", "411502008006", "411502008008"
 NAMES = {ZHOUJIASHAN: "周家山社区", XIANGTANG: "飨堂社区", SHILIHE: "十里河社区"}
 
@@ -125,6 +126,7 @@ def test_street_scheme_worked_example(stack, event_tap):
     inspection, scoring = stack["inspection"], stack["scoring"]
     submitted_tap = event_tap(("inspection.events", "inspection_submitted"))
     scores_tap = event_tap(("scoring.events", "score_published"))
+    rankings_tap = event_tap(("scoring.events", "ranking_published"))
     ids = register_communities(inspection)
 
     for month in (OCTOBER, NOVEMBER):
@@ -179,8 +181,9 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert h2["score"] == pytest.approx(SHILIHE_H2_ROUTINE, abs=0.005)  # no appraisal yet: routine only
     assert [m["month"] for m in h2["explain"]["months"]] == ["2026-10", "2026-11"]
     appraisal = scoring.post("/appraisals", {"subject_id": SHILIHE, "period": "2026-H2", "score": SHILIHE_APPRAISAL,
-                                             "appraised_by": "金牛山街道创卫领导小组", "note": "民主测评"})
+                                             "note": "金牛山街道创卫领导小组民主测评"})
     assert appraisal.status_code == 201, appraisal.text
+    assert appraisal.json()["appraised_by"] == TEST_USER  # who entered it: the signed-in caller
     assert appraisal.json()["period_score"]["score"] == pytest.approx(SHILIHE_H2_COMPOSITE, abs=0.005)
     h2 = scoring.get(f"/subjects/{SHILIHE}/scores/2026-H2").json()
     assert h2["score"] == pytest.approx(SHILIHE_H2_COMPOSITE, abs=0.005)
@@ -190,8 +193,7 @@ def test_street_scheme_worked_example(stack, event_tap):
     # A criticised community keeps its score and rank but cannot be 先进.
     before = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
     veto = scoring.post("/vetoes", {"subject_id": XIANGTANG, "period": "2026-11", "reason": "criticism",
-                                    "issued_by": "浉河区爱卫办", "note": "背街小巷垃圾堆积",
-                                    "reference": "浉爱卫〔2026〕15号"})
+                                    "note": "背街小巷垃圾堆积", "reference": "浉爱卫〔2026〕15号"})
     assert veto.status_code == 201, veto.text
     after = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
     assert after["vetoed"] is True and after["grade"] == "合格"
@@ -201,7 +203,7 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert scoring.get(f"/subjects/{XIANGTANG}/scores/2026-H2").json()["vetoed"] is True
     support.wait_until(lambda: any(
         e["payload"]["subject"]["subject_id"] == XIANGTANG and e["payload"]["period"] == "2026-11"
-        and e["payload"]["vetoed"] and e["payload"]["grade"] == "合格" and e["payload"]["rank"] == 2
+        and e["payload"]["vetoed"] and e["payload"]["grade"] == "合格" and e["schema_version"] == 2
         for e in scores_tap.drain()), message="the veto published")
 
     # Every staged score_published reached the bus; revisions only grow per (subject, period).
@@ -212,7 +214,17 @@ def test_street_scheme_worked_example(stack, event_tap):
         key = (p["subject"]["subject_id"], p["period"])
         assert key not in latest or p["revision"] > latest[key]["revision"]
         latest[key] = p
-    assert latest[(ZHOUJIASHAN, "2026-11")]["rank"] == 1 and latest[(ZHOUJIASHAN, "2026-11")]["inputs"] == 4
+    assert latest[(ZHOUJIASHAN, "2026-11")]["inputs"] == 4
+    # The ranking events, each subject's entry of the highest version, add up to the table.
+    told: dict[str, tuple] = {}
+    support.wait_until(lambda: len(rankings_tap.drain()) == staged_count(stack["database_url"], "ranking_published"),
+                       message="rankings relayed")
+    for e in sorted(rankings_tap.drain(), key=lambda e: e["payload"]["version"]):
+        p = e["payload"]
+        if (p["period"], p["tier"]) == ("2026-11", "community"):
+            for change in p["changes"]:
+                told[change["subject"]["subject_id"]] = (change["rank"], change["movement"])
+    assert told == {r["subject_id"]: (r["rank"], r["movement"]) for r in ranking(scoring, "2026-11")["ranking"]}
     assert latest[(ZHOUJIASHAN, "2026-11")]["policy"] == {"policy_id": "street-scheme", "version": 1}
 
     # A redelivered inspection event changes nothing.
@@ -248,6 +260,16 @@ def all_published(database_url: str, tap) -> int:
         engine.dispose()
 
 
+def staged_count(database_url: str, event_type: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(scoring_outbox).where(
+                scoring_outbox.c.event_type == event_type)).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def scores_snapshot(database_url: str):
     engine = create_engine(database_url)
     try:
@@ -275,13 +297,18 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
     assert "query.period" in error_field(scoring.get("/rankings?period=2026-13"))
     assert "query.period" in error_field(scoring.get("/rankings?period=November"))
     assert "period" in error_field(scoring.post("/vetoes", {"subject_id": ZHOUJIASHAN, "period": "2026/11",
-                                                            "reason": "criticism", "issued_by": "区爱卫办"}))
+                                                            "reason": "criticism"}))
     assert "subject_id" in error_field(scoring.post("/vetoes", {"subject_id": "nobody", "period": "2026-11",
-                                                                "reason": "criticism", "issued_by": "区爱卫办"}))
+                                                                "reason": "criticism"}))
+    # The actor is the signed-in caller, never a body field.
+    assert "issued_by" in error_field(scoring.post("/vetoes", {"subject_id": ZHOUJIASHAN, "period": "2026-11",
+                                                               "reason": "criticism", "issued_by": "区爱卫办"}))
     assert "period" in error_field(scoring.post("/appraisals", {"subject_id": ZHOUJIASHAN, "period": "2026-11",
-                                                                "score": 90, "appraised_by": "领导小组"}))
+                                                                "score": 90}))
     assert "score" in error_field(scoring.post("/appraisals", {"subject_id": ZHOUJIASHAN, "period": "2026-H2",
-                                                               "score": 101, "appraised_by": "领导小组"}))
+                                                               "score": 101}))
+    assert "appraised_by" in error_field(scoring.post("/appraisals", {
+        "subject_id": ZHOUJIASHAN, "period": "2026-H2", "score": 90, "appraised_by": "领导小组"}))
 
     current = scoring.get(f"/policies/{STREET}")
     assert current.status_code == 200 and current.json()["version"] == 1
@@ -297,12 +324,19 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
     assert "scale" in error_field(scoring.put(f"/policies/{STREET}", dict(document, scale=150)))
     assert len(scoring.get(f"/policies/{STREET}/versions").json()) == 1
 
-    # A valid update adds version 2 and keeps version 1; the current month is rescored with it.
+    # A valid update is proposed, then approved by a second administrator: version 2 is added,
+    # version 1 kept; the current month is rescored with it.
     stricter = dict(document, ranking={**document["ranking"], "tiers": {
         **document["ranking"]["tiers"], "community": {"min_inspections": 1}}})
-    updated = scoring.put(f"/policies/{STREET}", stricter)
-    assert updated.status_code == 201, updated.text
-    assert updated.json()["version"] == 2
+    proposed = scoring.put(f"/policies/{STREET}", stricter)
+    assert proposed.status_code == 202, proposed.text
+    assert proposed.json()["status"] == "pending" and len(scoring.get(f"/policies/{STREET}/versions").json()) == 1
+    second = scoring.as_user("赵敏", [("administrator", STREET)])
+    updated = second.post(f"/approvals/{proposed.json()['approval_id']}/approve", {})
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["policy"]["version"] == 2
+    assert updated.json()["policy"]["created_by"] == TEST_USER
+    assert updated.json()["policy"]["approved_by"] == "赵敏 (user-赵敏)"
     versions = scoring.get(f"/policies/{STREET}/versions").json()
     assert [v["version"] for v in versions] == [1, 2] and versions[0]["document"] == document
     engine = create_engine(stack["database_url"])
@@ -312,7 +346,7 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
     assert scoring.get(f"/policies/{ZHOUJIASHAN}").json()["inherited"] is True
 
     # Recomputing a period applies the new version: one inspection now suffices to be ranked.
-    recomputed = scoring.post("/recompute", {"period": "2026-11"})
+    recomputed = scoring.post("/recompute", {"period": "2026-11", "reason": "考评办法第2版：一次检查即可排名"})
     assert recomputed.status_code == 200, recomputed.text
     [row] = ranking(scoring, "2026-11")["ranking"]
     assert row["node"] == ZHOUJIASHAN and row["rank"] == 1 and row["policy"] == {"policy_id": "street-scheme",
@@ -324,14 +358,40 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
 def test_metrics_and_openapi(stack):
     inspection, scoring = stack["inspection"], stack["scoring"]
     ids = register_communities(inspection)
+    kinds = ("week", "month", "quarter", "half_year", "year")
+    # The registry is the process's: earlier tests' counts stay in it, so compare differences.
+    before = {k: support.metric(scoring, "chuangwei_scores_published_total", period_kind=k) for k in kinds}
+    recomputed = support.metric(scoring, "chuangwei_score_recompute_seconds_count", trigger="inspection")
+    handled = support.events_consumed(scoring, "scoring", "inspection_submitted")
     inspect(inspection, ids[SHILIHE], "2026-11-02", 90)
-    support.wait_until(lambda: "chuangwei_scores_published_total" in scoring.get("/metrics").text
-                       and 'chuangwei_subjects_ranked{' in scoring.get("/metrics").text, message="metrics")
-    text = scoring.get("/metrics").text
-    assert "chuangwei_score_recompute_seconds_bucket" in text
+    support.wait_consumed(scoring, "scoring", "inspection_submitted", handled + 1)
+
+    # Every score_published staged in the outbox is counted once, by period kind: 十里河 and the
+    # street it rolls up into, in each of the five periods the inspection falls in.
+    staged = dict(support.scalar_rows(stack["database_url"], """
+        SELECT body -> 'payload' ->> 'period_kind', count(*) FROM scoring_outbox
+        WHERE exchange = 'scoring.events' AND event_type = 'score_published' GROUP BY 1"""))
+    assert staged == {k: 2 for k in kinds}
+    assert {k: support.metric(scoring, "chuangwei_scores_published_total", period_kind=k) - before[k]
+            for k in kinds} == staged
+    assert support.metric(scoring, "chuangwei_score_recompute_seconds_count", trigger="inspection") \
+        - recomputed == 1
+    # One inspection is short of the street scheme's sample of 2: nobody ranked this month.
+    assert support.metric(scoring, "chuangwei_subjects_ranked", tier="community", subject_type="child_unit",
+                          period_kind="month") == 0
+
     spec = scoring.get("/openapi.json").json()
     assert {"/rankings", "/subjects/{subject_id}/scores", "/subjects/{subject_id}/scores/{period}",
             "/appraisals", "/vetoes", "/policies/{node}"} <= set(spec["paths"])
+    rankings = spec["paths"]["/rankings"]["get"]
+    assert {p["name"]: p["required"] for p in rankings["parameters"] if p["in"] == "query"}["period"] is True
+    ranking_ref = rankings["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    ranking_schema = spec["components"]["schemas"][ranking_ref.rsplit("/", 1)[1]]
+    assert {"period", "tier", "peers", "ranking", "below_minimum_sample"} <= set(ranking_schema["required"])
+    # The document describes what the service answers: this month's table validates against it.
+    import jsonschema
+    jsonschema.validate(ranking(scoring, "2026-11"), {**ranking_schema, "components": spec["components"]},
+                        format_checker=jsonschema.FormatChecker())
 
 
 def publish(amqp_uri: str, exchange: str, body: dict) -> None:
@@ -400,8 +460,7 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
     all_published(stack["database_url"], scores_tap)
 
     veto = scoring.post("/vetoes", {"subject_id": ids[XIANGTANG], "period": "2026-11", "reason": "criticism",
-                                    "issued_by": "浉河区爱卫办", "note": "背街小巷垃圾堆积",
-                                    "reference": "浉爱卫〔2026〕15号"})
+                                    "note": "背街小巷垃圾堆积", "reference": "浉爱卫〔2026〕15号"})
     assert veto.status_code == 201, veto.text
     veto_id = veto.json()["veto_id"]
     capped = {k: figure(k) for k in longer}
@@ -413,7 +472,7 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
     assert listed.status_code == 200, listed.text
     [entry] = listed.json()
     assert entry["veto_id"] == veto_id and entry["subject_id"] == XIANGTANG and entry["subject_name"] == "飨堂社区"
-    assert entry["issued_by"] == "浉河区爱卫办" and entry["reference"] == "浉爱卫〔2026〕15号"
+    assert entry["issued_by"] == TEST_USER and entry["reference"] == "浉爱卫〔2026〕15号"
     assert entry["revoked"] is False and entry["revoked_at"] is None
     assert scoring.get(f"/vetoes?subject_id={ZHOUJIASHAN}").json() == []
     assert scoring.get("/vetoes?period=2026-10").json() == []
@@ -435,21 +494,32 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
         assert response.status_code == status, response.text
         return [e["field"] for e in response.json()["errors"]]
 
-    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "申诉成立"}), 422) == ["revoked_by"]
-    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办"}), 422) == ["reason"]
-    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办", "reason": "  "}),
-                   422) == ["reason"]
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "申诉成立", "revoked_by": "区爱卫办"}),
+                   422) == ["revoked_by"]  # who revokes comes from the token
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {}), 422) == ["reason"]
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "  "}), 422) == ["reason"]
     assert refused(scoring.post("/vetoes/00000000-0000-0000-0000-000000000000/revoke",
-                                {"revoked_by": "浉河区爱卫办", "reason": "申诉成立"}), 404) == ["veto_id"]
+                                {"reason": "申诉成立"}), 404) == ["veto_id"]
+    assert scores_snapshot(stack["database_url"]) == snapshot
+    assert all(figure(k)["vetoed"] for k in longer)
+
+    # Proposed: nothing changes until a second administrator approves.
+    proposed = scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "经复核，申诉成立，撤销通报批评"})
+    assert proposed.status_code == 202, proposed.text
+    approval_id = proposed.json()["approval_id"]
+    assert proposed.json()["status"] == "pending" and proposed.json()["veto"]["pending_revocation"] == approval_id
+    assert refused(scoring.post(f"/approvals/{approval_id}/approve", {}), 403) == ["approval_id"]  # not the proposer
     assert scores_snapshot(stack["database_url"]) == snapshot
     assert all(figure(k)["vetoed"] for k in longer)
 
     # Revoked: kept on record, no longer counts; the grade is restored and republished.
-    revoked = scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "浉河区爱卫办",
-                                                         "reason": "经复核，申诉成立，撤销通报批评"})
+    second = scoring.as_user("赵敏", [("administrator", STREET)])
+    revoked = second.post(f"/approvals/{approval_id}/approve", {"note": "已核对申诉材料"})
     assert revoked.status_code == 200, revoked.text
     body = revoked.json()
-    assert body["revoked"] is True and body["revoked_by"] == "浉河区爱卫办" and body["revoked_at"]
+    assert body["status"] == "approved" and body["decided_by"] == "赵敏 (user-赵敏)"
+    assert body["veto"]["revoked"] is True and body["veto"]["revoked_by"] == TEST_USER and body["veto"]["revoked_at"]
+    assert body["veto"]["revoke_approved_by"] == "赵敏 (user-赵敏)"
     assert {f["period"]: (f["grade"], f["vetoed"]) for f in body["period_scores"]} == {
         k: ("先进", False) for k in longer}
     for k in longer:
@@ -466,15 +536,43 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
     assert scoring.get(f"/vetoes?subject_id={XIANGTANG}").json() == []
     [kept] = scoring.get(f"/vetoes?subject_id={XIANGTANG}&include_revoked=true").json()
     assert kept["veto_id"] == veto_id and kept["revoked"] is True
-    assert kept["revoke_reason"] == "经复核，申诉成立，撤销通报批评" and kept["revoked_by"] == "浉河区爱卫办"
+    assert kept["revoke_reason"] == "经复核，申诉成立，撤销通报批评" and kept["revoked_by"] == TEST_USER
 
     # Revoking twice is a conflict and changes nothing.
     published_before = all_published(stack["database_url"], scores_tap)
     snapshot = scores_snapshot(stack["database_url"])
-    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"revoked_by": "市创卫办", "reason": "再次撤销"}),
-                   409) == ["veto_id"]
+    assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "再次撤销"}), 409) == ["veto_id"]
+    assert refused(second.post(f"/approvals/{approval_id}/approve", {}), 409) == ["approval_id"]
     assert scores_snapshot(stack["database_url"]) == snapshot
     assert all_published(stack["database_url"], scores_tap) == published_before
     [kept] = scoring.get("/vetoes?include_revoked=true").json()
-    assert kept["revoked_by"] == "浉河区爱卫办"
+    assert kept["revoked_by"] == TEST_USER
     assert "/vetoes/{veto_id}/revoke" in scoring.get("/openapi.json").json()["paths"]
+
+
+def test_the_child_last_heard_gauge_comes_back_from_the_database_after_a_restart(amqp_uri, database_url):
+    from datetime import datetime, timezone
+    from prometheus_client import REGISTRY
+    from sqlalchemy.orm import Session
+    from services.plumbing.db import make_engine
+    from services.scoring import metrics
+    from services.scoring.models import ChildFreshness
+
+    child = "411502009000"
+    heard = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+    port = support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"scoring": f"127.0.0.1:{port}"},
+                                 SCORING_FRESHNESS_SECONDS=0.2)
+    gauge = lambda: REGISTRY.get_sample_value("chuangwei_child_last_heard_timestamp_seconds", {"child": child})  # noqa: E731
+    with support.running_services(config, ScoringService):
+        engine = make_engine(database_url)
+        try:
+            with Session(engine) as session, session.begin():  # what the stack remembered before it stopped
+                session.add(ChildFreshness(child_node=child, name="某街道", last_heard_at=heard, last_event_at=heard,
+                                           last_event_type="score_published", events=3))
+        finally:
+            engine.dispose()
+        if gauge() is not None:  # a fresh process knows nothing
+            metrics.CHILD_LAST_HEARD.remove(child)
+        assert gauge() is None
+        support.wait_until(lambda: gauge() == heard.timestamp(), timeout=10, message="the gauge refreshed")

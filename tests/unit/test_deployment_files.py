@@ -4,13 +4,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["inspection", "scoring", "tasks", "notify"]
+SERVICES = ["inspection", "scoring", "tasks", "notify", "accounts", "indicators", "photos", "console", "intake"]
 
 
 def test_compose_file_names_every_service_and_its_infrastructure():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     services = compose["services"]
-    for name in SERVICES + ["rabbitmq", "postgres", "prometheus"]:
+    for name in SERVICES + ["rabbitmq", "postgres", "prometheus", "alertmanager"]:
         assert name in services, f"docker-compose.yml lacks {name}"
     for name in SERVICES:
         command = services[name]["command"]
@@ -23,7 +23,7 @@ def test_compose_file_names_every_service_and_its_infrastructure():
 
 
 def test_prometheus_scrapes_every_service():
-    config = yaml.safe_load((ROOT / "infra" / "prometheus.yml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((ROOT / "infra" / "prometheus" / "compose.yml").read_text(encoding="utf-8"))
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
     for name in SERVICES:
         assert f"{name}:8000" in targets

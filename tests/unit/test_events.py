@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from services.contracts.events import (EventEnvelope, InvalidEvent, Producer, make_event, parse_event,
                                        payload_model, registered_events)
@@ -63,9 +64,10 @@ def test_poison_messages_raise_invalid_event(body, reason):
 
 
 def test_naive_timestamps_are_refused():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError) as info:
         EventEnvelope(event_type="inspection_submitted", occurred_at=datetime(2026, 1, 1),
                       producer=Producer(node="411502008000", service="inspection"), payload={})
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [(("occurred_at",), "timezone_aware")]
 
 
 def test_expected_type_mismatch_is_poison():

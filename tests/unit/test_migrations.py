@@ -12,7 +12,8 @@ from services.plumbing.db import run_migrations
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("service", ["inspection", "scoring", "tasks", "notify"])
+@pytest.mark.parametrize("service", ["inspection", "scoring", "tasks", "notify", "accounts", "indicators",
+                                     "intake"])
 def test_migrations_match_the_models(service, tmp_path):
     models = importlib.import_module(f"services.{service}.models")
     engine = create_engine(f"sqlite:///{tmp_path}/{service}.db")

@@ -118,4 +118,4 @@ def parse_event(body: Any, expected_type: str | None = None) -> tuple[EventEnvel
 
 
 # Register payload models.
-from services.contracts.events import inspection, scoring, tasks  # noqa: E402,F401
+from services.contracts.events import indicators, inspection, intake, scoring, tasks  # noqa: E402,F401

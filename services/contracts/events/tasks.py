@@ -53,9 +53,13 @@ class TaskRef(Payload):
 class TaskOpened(Payload):
     task: TaskRef
     opened_at: AwareDatetime
+    found_at: AwareDatetime | None = Field(
+        default=None, description="when the problem was found (the inspection's time); bulletins count the "
+                                  "problem in that month, whatever day the task was entered")
     evidence: list[Evidence] = Field(default_factory=list)
     note: str | None = None
     relapse_of: str | None = Field(default=None, description="the closed task this one repeats (反弹)")
+    historic: bool = Field(default=False, description="opened from imported history: no notice goes out")
 
 
 @event_payload("task_status_changed", 1)
@@ -93,6 +97,8 @@ class TaskClosed(Payload):
     verified_by: str
     on_time: bool
     hours_to_fix: float
+    historic: bool = Field(default=False, description="a close-out from imported history: no notice goes out")
+    after_evidence: list[Evidence] = Field(default_factory=list, description="the after-photos (整改后) accepted")
 
 
 @event_payload("task_relapsed", 1)

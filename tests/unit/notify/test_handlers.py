@@ -115,9 +115,30 @@ def test_the_bulletin_downloads_as_a_pdf(service):
     with factory.begin() as session:
         bulletin = ops.generate_bulletin(session, svc._ctx(), "2026-11", send=False,
                                          now=datetime(2026, 12, 1, tzinfo=timezone.utc))
-    response = svc.bulletin_pdf(None, bulletin.id)
+    from services.contracts.errors import PermissionDenied
+    from services.plumbing.auth import Grant, Principal
+    viewer = Principal("u-1", "王芳", (Grant("viewer", STREET),))
+    response = svc.bulletin_pdf(None, bulletin.id, principal=viewer)
     assert response.status_code == 200 and response.mimetype == "application/pdf"
     disposition = response.headers["Content-Disposition"]
     assert disposition.startswith(f'attachment; filename="bulletin-{STREET}-2026-11-r1.pdf"')
     assert "filename*=UTF-8''" in disposition
     assert response.get_data().startswith(b"%PDF")
+    # A community's viewer is not on the street's bulletin.
+    with pytest.raises(PermissionDenied):
+        svc.bulletin_pdf(None, bulletin.id, principal=Principal("u-2", "赵", (Grant("viewer", COMMUNITY),)))
+
+
+def test_a_stored_rule_set_that_no_longer_parses_does_not_stop_notices(service):
+    """A version stored before the condition types were checked: the version before it applies."""
+    from services.notify.models import RuleSet
+    svc, factory = service
+    inbox_only = {"rules": [{"id": "u", "event": "task_overdue", "notice": "urge", "to": ["responsible"],
+                             "channels": ["inbox"]}]}
+    broken = {"rules": [{**inbox_only["rules"][0], "when": {"urge_count_at_least": "many"}}]}
+    with factory.begin() as session:
+        now = datetime.now(timezone.utc)
+        session.add_all([RuleSet(node=STREET, version=1, document=inbox_only, author="a", created_at=now),
+                         RuleSet(node=STREET, version=2, document=broken, author="b", created_at=now)])
+    assert svc.on_task_overdue(overdue_event().to_message()) == "processed"
+    assert counts(factory) == {"notify_notifications": 1, "notify_deliveries": 0, "notify_tasks": 1}

@@ -1,5 +1,6 @@
-"""The monthly bulletin as a PDF (reportlab, built-in CJK font STSong-Light)."""
+"""The monthly bulletin as a PDF (reportlab, an embedded subset of a free CJK TrueType font)."""
 import io
+import subprocess
 from datetime import datetime, timezone
 
 from pypdf import PdfReader
@@ -7,6 +8,7 @@ from pypdf import PdfReader
 from services.contracts.periods import CST
 from services.notify.bulletin import ScoreFact, TaskFact, assemble_bulletin
 from services.notify.domain import BulletinPolicy
+from services.notify import pdf as pdf_module
 from services.notify.pdf import FONT, pdf_filename, render_bulletin_pdf
 
 NAMES = ["周家山社区", "飨堂社区", "十里河社区", "贤山社区", "金牛山社区"]
@@ -50,7 +52,9 @@ def test_the_pdf_shows_the_title_and_the_ranking_in_order_in_chinese():
     assert pdf.startswith(b"%PDF")
     reader, text = read(pdf)
     assert len(reader.pages) == 1
-    assert FONT in fonts(reader)
+    # A subset (six-letter tag + name) of the free font, embedded, beside reportlab's Helvetica.
+    cjk = [name for name in fonts(reader) if FONT in name]
+    assert len(cjk) == 1 and cjk[0][6] == "+", fonts(reader)
     assert reader.metadata.title == "金牛山街道2026年11月创卫工作月度通报"
     assert "金牛山街道2026年11月创卫工作月度通报" in text and "第2版" in text
     # The ranking table comes first: the names' first appearances are in rank order.
@@ -81,3 +85,50 @@ def test_an_empty_month_still_renders():
     _, text = read(render_bulletin_pdf(data))
     assert "本月无排名" in text and "无反复出现的问题类别" in text
     assert pdf_filename("411502008000", "2026-11", 3) == "bulletin-411502008000-2026-11-r3.pdf"
+
+
+# --- reads the same on any viewer ---------------------------------------------------------
+# A viewer without CJK fonts is imitated by poppler with a fontconfig that knows no font at
+# all: only glyphs embedded in the PDF can be drawn.
+
+
+def pdffonts(pdf: bytes, tmp_path) -> list[list[str]]:
+    path = tmp_path / "bulletin.pdf"
+    path.write_bytes(pdf)
+    out = subprocess.run(["pdffonts", str(path)], check=True, capture_output=True, text=True).stdout
+    return [line.split() for line in out.splitlines()[2:]]
+
+
+def title_ink(pdf: bytes, tmp_path) -> int:
+    """Dark pixels in the title band of page 1, rendered at 50 dpi with no system fonts."""
+    (tmp_path / "fonts.conf").write_text("<?xml version=\"1.0\"?><fontconfig></fontconfig>")
+    (tmp_path / "in.pdf").write_bytes(pdf)
+    env = {"FONTCONFIG_FILE": str(tmp_path / "fonts.conf"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run(["pdftoppm", "-r", "50", "-gray", "-f", "1", "-l", "1", str(tmp_path / "in.pdf"),
+                    str(tmp_path / "page")], check=True, capture_output=True, env=env)
+    raw = next(tmp_path.glob("page*.pgm")).read_bytes()
+    magic, width, height, maxval, pixels = raw.split(maxsplit=4)
+    assert magic == b"P5" and maxval == b"255"
+    width, height = int(width), int(height)
+    # The title sits in the top margin's next 26 pt: from 18 mm to about 30 mm down.
+    top, bottom = int(18 / 25.4 * 50), int(30 / 25.4 * 50)
+    band = pixels[top * width:bottom * width]
+    return sum(1 for value in band if value < 128)
+
+
+def test_the_chinese_title_is_drawn_from_the_embedded_font_without_any_system_font(tmp_path):
+    pdf = render_bulletin_pdf(bulletin())
+    rows = pdffonts(pdf, tmp_path)
+    cjk = [row for row in rows if FONT in row[0]]
+    # name, type, encoding, emb, sub, uni, object ID: embedded and subset.
+    assert len(cjk) == 1 and cjk[0][-5:-3] == ["yes", "yes"], rows
+    assert title_ink(pdf, tmp_path) > 150
+
+
+def test_without_the_embedded_font_the_same_title_is_blank(tmp_path, monkeypatch):
+    """The check above can fail: the old, unembedded STSong-Light draws nothing here."""
+    monkeypatch.setattr(pdf_module, "font_file", lambda: None)
+    monkeypatch.setattr(pdf_module, "_font_name", None)
+    pdf = render_bulletin_pdf(bulletin())
+    assert all(row[-5] == "no" for row in pdffonts(pdf, tmp_path) if "STSong" in row[0])
+    assert title_ink(pdf, tmp_path) == 0

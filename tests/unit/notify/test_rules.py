@@ -1,5 +1,5 @@
 """Routing rules as data: validation, matching, recipients, webhook payloads, backoff."""
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -76,6 +76,17 @@ def test_default_score_rules_commend_the_top_and_criticise_the_bottom_and_the_ve
     assert notices(rank=1, rank_from_bottom=10, vetoed=True) == {NoticeType.criticism}  # a veto is never commended
     assert notices(rank=None, rank_from_bottom=None, ranked=False) == set()
     assert notices(rank=1, rank_from_bottom=10, period_kind="week") == set()
+    # Last month's figures still commend and criticise; a month of imported history does not.
+    assert notices(rank=1, rank_from_bottom=10, periods_ago=1) == {NoticeType.commendation}
+    assert notices(rank=1, rank_from_bottom=10, periods_ago=2) == set()
+    assert notices(rank=10, rank_from_bottom=1, vetoed=True, periods_ago=6) == set()
+
+
+def test_periods_ago_counts_whole_periods_back_from_the_computation():
+    from services.notify.operations.events import periods_ago
+    at = datetime(2026, 11, 23, 4, tzinfo=timezone.utc)
+    assert [periods_ago("month", key, at) for key in ("2026-11", "2026-10", "2026-05", "2025-11")] == [0, 1, 6, 12]
+    assert periods_ago("week", "2026-W47", at) == 1 and periods_ago("month", "2026-13", at) is None
 
 
 def test_roles_name_the_right_owners():
@@ -127,9 +138,9 @@ def test_backoff_grows_exponentially_up_to_the_cap_then_dead():
     assert [policy.delay_after(n) for n in (1, 2, 3, 4)] == [timedelta(seconds=s) for s in (30, 60, 100, 100)]
     assert policy.schedule() == [timedelta(seconds=s) for s in (30, 60, 100, 100)]
     assert not policy.exhausted(4) and policy.exhausted(5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^max_attempts must be at least 1$"):
         RetryPolicy(max_attempts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^backoff must be non-negative and non-decreasing$"):
         RetryPolicy(factor=0.5)
 
 
@@ -141,7 +152,7 @@ def test_webhook_payloads_fit_the_bots():
     assert webhook_payload("text", "督办单", "请整改") == {"msgtype": "text", "text": {"content": "督办单\n请整改"}}
     long = webhook_payload("wecom", "t", "问" * 3000)["markdown"]["content"]
     assert len(long.encode("utf-8")) <= 4096 and long.endswith("…")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown webhook format 'telegram'; one of \('wecom', 'dingtalk', 'text'\)$"):
         webhook_payload("telegram", "t", "x")
 
 

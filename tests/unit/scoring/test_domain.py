@@ -73,8 +73,9 @@ def test_a_tier_above_the_office_need_not_be_ranked(street):
     document = street.model_dump(mode="json")
     document["ranking"]["tiers"] = {"community": {"min_inspections": 2}}
     assert domain.parse_policy(document, Tier.community).ranking.tiers.keys() == {Tier.community}
-    with pytest.raises(ScoringRuleViolation, match="street"):
+    with pytest.raises(ScoringRuleViolation) as info:
         domain.parse_policy(document, Tier.street)
+    assert (info.value.field, info.value.reason) == ("ranking.tiers.street", "tier street (街道) would be left unranked")
 
 
 # --- periods ----------------------------------------------------------------------------

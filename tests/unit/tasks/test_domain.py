@@ -40,11 +40,74 @@ def test_closing_an_unverified_task_is_a_conflict_on_status(status):
 
 
 def test_verifying_your_own_fix_is_refused_naming_the_actor():
-    with pytest.raises(TaskRuleViolation) as err:
-        check_transition(TaskStatus.fix_submitted, Action.verify, Role.inspector, " 张伟 ", fixed_by="张伟")
-    assert err.value.field == "actor" and err.value.status == 422
-    with pytest.raises(TaskRuleViolation):
-        check_transition(TaskStatus.fix_submitted, Action.reject, Role.inspector, "张伟", fixed_by="张伟")
+    # Accounts, not names, are compared: the same account is refused, a namesake is not.
+    with pytest.raises(TaskPermissionDenied) as err:
+        check_transition(TaskStatus.fix_submitted, Action.verify, Role.inspector, "user-zw", fixed_by="user-zw")
+    assert err.value.field == "actor" and err.value.status == 403
+    with pytest.raises(TaskPermissionDenied):
+        check_transition(TaskStatus.fix_submitted, Action.reject, Role.inspector, "user-zw", fixed_by="user-zw")
+    assert check_transition(TaskStatus.fix_submitted, Action.verify, Role.inspector, "user-zw2",
+                            fixed_by="user-zw") == TaskStatus.closed
+
+
+STREET, COMMUNITY, OTHER_STREET, DISTRICT, CITY = (
+    "411502008000", "411502008001", "411502003000", "411502000000", "411500000000")
+
+
+def caller(*grants):
+    from services.plumbing.auth import Grant, Principal
+    return Principal(subject="u", name="某人", grants=tuple(Grant(r, n) for r, n in grants))
+
+
+def test_role_names_match_the_identity_contract():
+    from services.plumbing import auth
+    assert (domain.ADMINISTRATOR, domain.INSPECTOR, domain.RECTIFIER, domain.VIEWER) == (
+        auth.ADMINISTRATOR, auth.INSPECTOR, auth.RECTIFIER, auth.VIEWER)
+
+
+# (grants, action, task (inspecting, owner, responsible, escalated_to), expected role or None = refused)
+LOCAL = (STREET, STREET, COMMUNITY, None)
+FROM_CITY = (CITY, COMMUNITY, COMMUNITY, None)     # a city finding handed down to the community's ledger
+ESCALATED = (STREET, STREET, COMMUNITY, DISTRICT)
+PERMISSIONS = [
+    ([("rectifier", COMMUNITY)], Action.start, LOCAL, "rectifier"),
+    ([("rectifier", STREET)], Action.submit_fix, LOCAL, "rectifier"),      # a grant covers the subtree
+    ([("administrator", STREET)], Action.start, LOCAL, None),              # offices do not fix for subjects
+    ([("inspector", COMMUNITY)], Action.escalate, LOCAL, None),
+    ([("rectifier", OTHER_STREET)], Action.start, LOCAL, None),
+    ([("inspector", STREET)], Action.verify, LOCAL, "inspector"),
+    ([("inspector", COMMUNITY)], Action.verify, LOCAL, None),              # the subject's own node
+    ([("administrator", STREET)], Action.verify, LOCAL, None),
+    ([("rectifier", STREET)], Action.reject, LOCAL, None),
+    ([("inspector", CITY)], Action.verify, FROM_CITY, "inspector"),
+    ([("inspector", COMMUNITY)], Action.verify, FROM_CITY, None),          # owner == subject: not inspecting side
+    ([("inspector", STREET)], Action.verify, (CITY, STREET, COMMUNITY, None), "inspector"),  # the ledger's office
+    ([("inspector", DISTRICT)], Action.answer, ESCALATED, "inspector"),
+    ([("administrator", DISTRICT)], Action.answer, ESCALATED, "administrator"),
+    ([("administrator", STREET)], Action.answer, ESCALATED, None),         # not the tier asked
+    ([("viewer", DISTRICT)], Action.answer, ESCALATED, None),
+]
+
+
+@pytest.mark.parametrize("grants,action,task,expected", PERMISSIONS)
+def test_who_may_act_on_a_task(grants, action, task, expected):
+    inspecting, owner, responsible, escalated_to = task
+    decide = lambda: domain.acting_role(caller(*grants), action, inspecting_node=inspecting, owner_node=owner,
+                                        responsible_node=responsible, escalated_to=escalated_to)
+    if expected is None:
+        with pytest.raises(TaskPermissionDenied) as err:
+            decide()
+        assert err.value.field == "role" and err.value.status == 403
+    else:
+        assert decide() == expected
+
+
+def test_the_inspecting_side_is_an_office_role_on_the_inspecting_node():
+    assert domain.on_inspecting_side(caller(("viewer", STREET)), STREET)
+    assert domain.on_inspecting_side(caller(("inspector", DISTRICT)), STREET)
+    assert not domain.on_inspecting_side(caller(("rectifier", STREET)), STREET)
+    assert not domain.on_inspecting_side(caller(("administrator", COMMUNITY)), STREET)
+    assert domain.subtree_prefix(STREET) == "411502008" and domain.subtree_prefix(CITY) == "4115"
 
 
 @pytest.mark.parametrize("action,role", [
@@ -227,3 +290,10 @@ def test_figures_without_tasks_or_closures_have_no_rates():
     assert (empty.opened, empty.close_rate, empty.on_time_rate, empty.mean_hours_to_fix) == (0, None, None, None)
     open_only = compute_figures([facts("open", deadline=T0 + timedelta(days=1))], T0)
     assert open_only.close_rate == 0.0 and open_only.on_time_rate is None and open_only.overdue_open == 0
+
+
+def test_an_unannounced_inspections_time_limit_runs_from_its_release():
+    deadline = T0 + timedelta(hours=24)
+    assert domain.deadline_after_release(T0, deadline, None) == deadline
+    assert domain.deadline_after_release(T0, deadline, T0 - timedelta(hours=1)) == deadline
+    assert domain.deadline_after_release(T0, deadline, T0 + timedelta(days=3)) == T0 + timedelta(days=4)

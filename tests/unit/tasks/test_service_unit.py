@@ -14,16 +14,27 @@ from sqlalchemy.pool import StaticPool
 from services.contracts.events import InvalidEvent
 from services.contracts.nodes import Tier
 from services.plumbing.consumer import DUPLICATE
+from services.plumbing.auth import Grant, Principal
 from services.plumbing.db import WorkerDatabase
 from services.plumbing.providers import StackIdentity
 from services.tasks.models import Base, Task
-from services.tasks.schemas import FixIn, StartIn, VerifyIn
+from services.tasks.schemas import CoordinationQuery, FixIn, StartIn, VerifyIn
 from services.tasks.service import TasksService
 
 SAMPLE = Path(__file__).resolve().parents[3] / "services" / "contracts" / "events" / "samples" \
     / "inspection_submitted.v1.json"
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=timezone.utc)
 PHOTO = {"uri": "photos/after.jpg", "sha256": "c" * 64}
+
+
+def person(name, *grants):
+    return Principal(subject=f"user-{name}", name=name, grants=tuple(Grant(r, n) for r, n in grants))
+
+
+FIXER = person("张伟", ("rectifier", "411502008001"))
+INSPECTOR = person("王芳", ("inspector", "411502008000"))
+ADMIN = person("李明", ("administrator", "411502008000"))
+DISTRICT_OFFICE = person("区爱卫办李明", ("inspector", "411502000000"))
 
 
 class RecordingOutbox:
@@ -107,19 +118,21 @@ def test_a_poison_message_is_refused(service, engine):
 def test_lifecycle_entrypoints_and_the_sweeper(service):
     [tid, *_] = service.on_inspection_submitted(sample_event())
     request = MagicMock()
-    service.start_task(request, tid, body=StartIn(actor="张伟", role="responsible"))
-    service.submit_fix(request, tid, body=FixIn(actor="张伟", role="responsible", note="已整改", after_photos=[PHOTO]))
-    closed = service.verify_task(request, tid, body=VerifyIn(actor="王芳", role="inspector"))
+    service.start_task(request, tid, body=StartIn(), principal=FIXER)
+    service.submit_fix(request, tid, body=FixIn(note="已整改", after_photos=[PHOTO]), principal=FIXER)
+    closed = service.verify_task(request, tid, body=VerifyIn(), principal=INSPECTOR)
     assert closed.status == "closed" and closed.verified_by == "王芳"
+    assert [(h.actor, h.actor_subject, h.role) for h in closed.history[1:]] == [
+        ("张伟", "user-张伟", "rectifier"), ("张伟", "user-张伟", "rectifier"), ("王芳", "user-王芳", "inspector")]
     [event] = service.outbox.of("task_closed")
     assert event.task.task_id == tid and event.on_time is True
 
     service.clock.at = NOW + timedelta(days=30)   # every other task is long overdue
-    swept = service.run_sweep(request)
+    swept = service.run_sweep(request, principal=ADMIN)
     others = len(sample_event()["payload"]["findings"]) - 1
     assert (swept.urged, swept.escalated) == (others, others)
     assert len(service.outbox.of("task_escalated")) == others
-    assert service.run_sweep(request).urged == 0
+    assert service.run_sweep(request, principal=ADMIN).urged == 0
 
 
 def stack(home, tier, child_stacks=()):
@@ -144,27 +157,27 @@ def test_an_escalation_goes_up_to_the_parent_stack_and_its_answer_comes_back_dow
     district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
     [tid, *_] = street.on_inspection_submitted(sample_event())
     street.clock.at = NOW + timedelta(days=30)
-    street.run_sweep(MagicMock())                          # overdue beyond the grace period: escalated
+    street.sweep()                                         # overdue beyond the grace period: escalated
     [(key, escalated)] = [r for r in relay(street.outbox, "chuangwei.up", "task_escalated")
                           if r[1]["payload"]["task"]["task_id"] == tid]
     assert key == "task_escalated.41.4115.411502.411502008"
 
     assert district.on_child_task_escalated(escalated) == tid
     assert district.on_child_task_escalated(escalated) == DUPLICATE
-    [request] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    [request] = district.list_coordination(MagicMock(), query=CoordinationQuery(status="open"), principal=DISTRICT_OFFICE)
     assert request.from_node == "411502008000" and request.overdue is False
     new_deadline = NOW + timedelta(days=35)
-    wrong_role = AnswerIn(actor="区爱卫办李明", role="inspector", note="x")
-    with pytest.raises(Exception, match="coordinator"):
-        district.answer_coordination(MagicMock(), tid, body=wrong_role)
+    from services.contracts.errors import PermissionDenied
+    with pytest.raises(PermissionDenied, match="411502000000"):   # the street cannot answer its own request
+        district.answer_coordination(MagicMock(), tid, body=AnswerIn(note="x"), principal=ADMIN)
     answered = district.answer_coordination(MagicMock(), tid, body=AnswerIn(
-        actor="区爱卫办李明", role="coordinator", note="已协调环卫所清掏", new_deadline_at=new_deadline))
-    assert answered.status == "answered"
+        note="已协调环卫所清掏", new_deadline_at=new_deadline), principal=DISTRICT_OFFICE)
+    assert answered.status == "answered" and answered.answered_by == "区爱卫办李明"
     [(down_key, answer)] = relay(district.outbox, "chuangwei.down", "coordination_answered")
     assert down_key == "coordination_answered.41.4115.411502.411502008"
 
     assert street.on_coordination_answered(answer) == tid
-    task = street.get_task(MagicMock(), tid)
+    task = street.get_task(MagicMock(), tid, principal=INSPECTOR)
     assert task.status == "in_progress" and task.deadline_at == new_deadline
     assert task.history[-1].actor == "区爱卫办李明" and "已协调环卫所清掏" in task.history[-1].reason
     assert street.on_coordination_answered(answer) == DUPLICATE
@@ -186,7 +199,7 @@ def test_a_coordination_request_is_published_locally_once_per_opening():
     district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
     [tid, *_] = street.on_inspection_submitted(sample_event())
     street.clock.at = NOW + timedelta(days=30)
-    street.run_sweep(MagicMock())
+    street.sweep()
     [(_, escalated)] = [r for r in relay(street.outbox, "chuangwei.up", "task_escalated")
                         if r[1]["payload"]["task"]["task_id"] == tid]
 
@@ -206,21 +219,20 @@ def test_a_coordination_request_is_published_locally_once_per_opening():
     copy = make_event(payload, Producer(node="411502008000", service="tasks")).to_message()
     assert district.on_child_task_escalated(copy) == tid
     assert len(staged(district, "coordination_requested")) == 1
-    [request] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    [request] = district.list_coordination(MagicMock(), query=CoordinationQuery(status="open"), principal=DISTRICT_OFFICE)
     assert request.status == "open"
 
     # Answered, then the late copy does not reopen it; a later escalation does, and is published again.
-    district.answer_coordination(MagicMock(), tid, body=AnswerIn(actor="区爱卫办李明", role="coordinator",
-                                                                  note="已协调环卫所清掏"))
+    district.answer_coordination(MagicMock(), tid, body=AnswerIn(note="已协调环卫所清掏"), principal=DISTRICT_OFFICE)
     late = make_event(payload, Producer(node="411502008000", service="tasks")).to_message()
     district.on_child_task_escalated(late)
-    assert district.list_coordination(MagicMock(), query=MagicMock(status="open")) == []
+    assert district.list_coordination(MagicMock(), query=CoordinationQuery(status="open"), principal=DISTRICT_OFFICE) == []
     again = payload.model_copy(update={"at": payload.at + timedelta(days=5),
                                        "answer_due_at": payload.answer_due_at + timedelta(days=5)})
     assert district.on_child_task_escalated(make_event(again, Producer(node="411502008000", service="tasks"))
                                             .to_message()) == tid
     assert len(staged(district, "coordination_requested")) == 2
-    [reopened] = district.list_coordination(MagicMock(), query=MagicMock(status="open"))
+    [reopened] = district.list_coordination(MagicMock(), query=CoordinationQuery(status="open"), principal=DISTRICT_OFFICE)
     assert reopened.task_id == tid
 
 

@@ -1,0 +1,4 @@
+from services.accounts.models import Base
+from services.plumbing.alembic_env import run_env
+
+run_env(Base.metadata, "accounts")

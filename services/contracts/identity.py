@@ -1,0 +1,100 @@
+"""Who acts: roles held on nodes, and the authenticated caller (no nameko, no HTTP).
+
+A grant is a role held on a node (division code), valid for that node's whole subtree:
+
+    administrator   manages the node: subjects, places, policies, rules, templates, contacts
+    inspector       inspects, verifies and closes out (销号) on the inspecting side
+    rectifier       the contact of a responsible subject: starts and submits fixes
+    viewer          reads
+    platform        a machine client of a 数字城管 / 12345 platform: submits cases to intake
+                    and reads their status (issue 16); reaches only endpoints that name it
+
+Use cases take a `Principal` and check it where the node is known
+(`principal.require(INSPECTOR, node)`); `services.plumbing.auth` makes one from a verified
+access token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from services.contracts.errors import PermissionDenied
+from services.contracts.nodes import is_within
+
+ADMINISTRATOR = "administrator"
+INSPECTOR = "inspector"
+RECTIFIER = "rectifier"
+VIEWER = "viewer"
+PLATFORM = "platform"
+# The roles of people; `signed_in()` without roles admits these, never a platform.
+ROLES = (ADMINISTRATOR, INSPECTOR, RECTIFIER, VIEWER)
+# Machine clients: a grant an endpoint must name explicitly (`signed_in(PLATFORM)`).
+MACHINE_ROLES = (PLATFORM,)
+ALL_ROLES = ROLES + MACHINE_ROLES
+# The roles that speak for an office; a rectifier speaks for an inspected subject.
+OFFICE_ROLES = (ADMINISTRATOR, INSPECTOR, VIEWER)
+ROLE_NAMES = {ADMINISTRATOR: "管理员", INSPECTOR: "检查员", RECTIFIER: "整改责任人", VIEWER: "查看者", PLATFORM: "接入平台"}
+
+
+@dataclass(frozen=True)
+class Grant:
+    role: str
+    node: str
+
+    def covers(self, node: str) -> bool:
+        return is_within(node, self.node)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller. The actor and role recorded anywhere come from here."""
+    subject: str
+    name: str
+    grants: tuple[Grant, ...]
+    kind: str = "user"
+    token_id: str | None = None
+
+    def holds(self, role: str, node: str) -> bool:
+        """Whether this caller holds `role` on `node` (a grant on it or on an ancestor)."""
+        return any(g.role == role and g.covers(node) for g in self.grants)
+
+    def holds_any(self, roles: Iterable[str], node: str) -> bool:
+        wanted = set(roles)
+        return any(g.role in wanted and g.covers(node) for g in self.grants)
+
+    def roles_on(self, node: str) -> set[str]:
+        return {g.role for g in self.grants if g.covers(node)}
+
+    def sees(self, node: str) -> bool:
+        """Any role on `node` lets the caller read it."""
+        return any(g.covers(node) for g in self.grants)
+
+    def nodes_with(self, roles: Iterable[str] = ROLES) -> list[str]:
+        """The nodes at the top of the caller's subtrees for these roles (for list filters)."""
+        wanted = set(roles)
+        nodes = sorted({g.node for g in self.grants if g.role in wanted})
+        return [n for n in nodes if not any(o != n and is_within(n, o) for o in nodes)]
+
+    def on_inspecting_side(self, inspecting_node: str | None) -> bool:
+        """Whether the caller speaks for the office that made an inspection (an office role on
+        its node): what an unannounced inspection (暗访) and its inspectors' names are shown to.
+        A rectifier is an inspected subject's contact, never the inspecting side."""
+        return bool(inspecting_node) and self.holds_any(OFFICE_ROLES, inspecting_node)
+
+    def require(self, roles: str | Iterable[str], node: str, field: str = "node") -> str:
+        """The first of `roles` the caller holds on `node`, or PermissionDenied (403)."""
+        wanted = (roles,) if isinstance(roles, str) else tuple(roles)
+        for role in wanted:
+            if self.holds(role, node):
+                return role
+        raise PermissionDenied(field, f"需要在 {node} 具有角色 {'/'.join(wanted)}; "
+                                      f"requires role {'/'.join(wanted)} on node {node}")
+
+    def require_sees(self, node: str, field: str = "node") -> None:
+        if not self.sees(node):
+            raise PermissionDenied(field, f"无权查看 {node}; no role on node {node} or above it")
+
+    @property
+    def label(self) -> str:
+        """Who, for records: the person's name and account."""
+        return self.name if self.name == self.subject else f"{self.name} ({self.subject})"

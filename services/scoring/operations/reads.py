@@ -1,0 +1,126 @@
+"""Reading figures: rankings, a subject's history, a score's explanation."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.contracts.errors import UnknownReference
+from services.contracts.nodes import Tier
+from services.scoring import domain
+from services.scoring.models import PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
+from services.scoring.operations.context import UNANNOUNCED, PrincipalLike, Context, require_in_stack, on_inspecting_side
+from services.scoring.operations.scorer import Scorer, resolve_subject, score_row, figure_out
+from services.scoring.operations.entries import recompute_out
+
+
+def ranking(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
+            subject_type: str) -> dict:
+    """A tier's ranking for a period; the caller sees the rows of its own subtree only (a
+    community sees its own rank, not its peers' figures). `peers` counts every ranked peer."""
+    period = domain.parse_period(period_key, "query.period")
+    require_in_stack(ctx, principal, "query.tier")
+    if tier is None:
+        below = domain.TIER_ORDER.index(ctx.home_tier) + 1
+        tier = str(domain.TIER_ORDER[min(below, len(domain.TIER_ORDER) - 1)])
+    rows = session.execute(select(PeriodScore).where(
+        PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key, PeriodScore.tier == tier,
+        PeriodScore.subject_type == subject_type).order_by(PeriodScore.position, PeriodScore.subject_id)).scalars().all()
+    peers = sum(1 for r in rows if r.ranked)
+    rows = [r for r in rows if principal.sees(r.node)]
+    ranked = [figure_out(r) for r in rows if r.ranked]
+    unranked = []
+    scorer = Scorer(session, ctx)
+    for r in rows:
+        if r.ranked:
+            continue
+        out = figure_out(r)
+        if r.score is None:
+            out["why_unranked"] = "no score in this period"
+            unranked.append(out)
+            continue
+        if r.rank_min_inputs is not None:  # the minimum sample the figure was ranked against
+            out["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {r.rank_min_inputs} "
+                                   f"(样本不足)")
+            unranked.append(out)
+            continue
+        _, policy = scorer.policy_for(session.get(Subject, r.subject_id))
+        rule = policy.ranking.tiers.get(Tier(tier))
+        if rule is None or period.kind not in policy.ranking.periods:
+            out["why_unranked"] = f"policy {policy.policy_id} does not rank {period.kind} for tier {tier}"
+        else:
+            out["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {rule.min_inspections} "
+                                   f"(样本不足)")
+        unranked.append(out)
+    return {"period": period.key, "period_kind": str(period.kind), "tier": tier, "subject_type": subject_type,
+            "scoring_node": ctx.home, "peers": peers, "ranking": ranked, "below_minimum_sample": unranked}
+
+
+def _readable_subject(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str) -> Subject:
+    require_in_stack(ctx, principal, "subject_id")
+    subject = resolve_subject(session, subject_id)
+    principal.require_sees(subject.node, "subject_id")
+    return subject
+
+
+def history(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str,
+            period_kind: str | None) -> dict:
+    subject = _readable_subject(session, ctx, principal, subject_id)
+    stmt = select(PeriodScore).where(PeriodScore.subject_id == subject.subject_id)
+    if period_kind:
+        stmt = stmt.where(PeriodScore.period_kind == period_kind)
+    rows = session.execute(stmt).scalars().all()
+    order = {str(k): i for i, k in enumerate(domain.KIND_ORDER)}
+    rows.sort(key=lambda r: (order[r.period_kind], r.period))
+    return {"subject_id": subject.subject_id, "node": subject.node, "name": subject.name,
+            "subject_type": subject.subject_type, "tier": subject.tier, "scores": [figure_out(r) for r in rows]}
+
+
+def visible_inspections(session: Session, principal: PrincipalLike, entries: list[dict]) -> list[dict]:
+    """The inspections behind a score as the caller may see them. The inspecting side sees
+    every one with its inspectors. Anyone else never sees an unannounced inspection's (暗访)
+    inspectors or note, nor the inspection at all until its office has released it."""
+    ids = [e.get("inspection_id") for e in entries]
+    inputs = {r.inspection_id: r for r in session.execute(
+        select(ScoreInputRow).where(ScoreInputRow.inspection_id.in_(ids))).scalars()} if ids else {}
+    released = set(session.execute(select(ReleasedInspection.inspection_id).where(
+        ReleasedInspection.inspection_id.in_(ids))).scalars()) if ids else set()
+    out = []
+    for entry in entries:
+        source = inputs.get(entry.get("inspection_id"))
+        node = source.inspecting_node if source else None
+        inspecting = on_inspecting_side(principal, node)
+        secret = entry.get("kind") == UNANNOUNCED or (source is not None and source.kind == UNANNOUNCED)
+        if secret and not inspecting and entry.get("inspection_id") not in released:
+            continue  # embargoed: the subject must not learn of it before the office releases it
+        shown = {k: v for k, v in entry.items() if k not in ("inspectors", "note")}
+        shown["inspecting_node"] = node
+        if inspecting or not secret:
+            shown["inspectors"] = list(source.inspectors or []) if source else []
+            if "note" in entry:
+                shown["note"] = entry["note"]
+        else:
+            shown["inspectors"] = None  # withheld from the subject side
+        out.append(shown)
+    return out
+
+
+def explain(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str, period_key: str) -> dict:
+    period = domain.parse_period(period_key)
+    subject = _readable_subject(session, ctx, principal, subject_id)
+    row = score_row(session, subject.subject_id, period)
+    if row is None:
+        raise UnknownReference("period", f"no score for {subject.subject_id} in {period.key}")
+    detail = dict(row.explain or {})
+    detail["inspections"] = visible_inspections(session, principal, list(detail.get("inspections") or []))
+    logged = session.execute(select(RecomputeLog).where(
+        RecomputeLog.period_kind == str(period.kind), RecomputeLog.period == period.key,
+        (RecomputeLog.subject_id.is_(None)) | (RecomputeLog.subject_id == subject.subject_id))
+        .order_by(RecomputeLog.created_at, RecomputeLog.id)).scalars()
+    detail["recomputes"] = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in recompute_out(r).items()}
+                            for r in logged]
+    return {**figure_out(row), "explain": detail}
+
+
+__all__ = ['ranking', '_readable_subject', 'history', 'visible_inspections', 'explain']

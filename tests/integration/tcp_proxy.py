@@ -1,0 +1,130 @@
+"""A TCP proxy a test controls, to cut a service off from the shared broker or database
+without stopping them (other helpers' tests use them too).
+
+    proxy = TcpProxy(("127.0.0.1", 5432)).start()
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{proxy.port}/db"
+    proxy.stop()    # every connection through it is cut and new ones are refused
+    proxy.start()   # the same port forwards again
+
+    broker = TcpProxy(("127.0.0.1", 5672), amqp=True).start()
+    broker.drop_confirms()  # publishes reach the broker; its confirms (basic.ack) never come back
+
+Green (eventlet), like the services the tests run in-process.
+"""
+from __future__ import annotations
+
+import socket
+
+import eventlet
+
+from tests import support
+
+
+BASIC_ACK = (60, 80)  # AMQP 0-9-1 class and method ids of basic.ack, a publisher confirm
+
+
+class TcpProxy:
+    def __init__(self, upstream: tuple[str, int], port: int | None = None, amqp: bool = False):
+        self.upstream = upstream
+        self.port = port or support.free_port()
+        self.amqp = amqp  # the server's replies are read frame by frame, so confirms can be dropped
+        self._listener = None
+        self._acceptor = None
+        self._sockets: set = set()
+        self._pumps: set = set()
+        self._dropping_confirms = False
+
+    @property
+    def running(self) -> bool:
+        return self._listener is not None
+
+    def start(self) -> "TcpProxy":
+        if self._listener is None:
+            self._listener = eventlet.listen(("127.0.0.1", self.port), reuse_addr=True)
+            self._acceptor = eventlet.spawn(self._accept, self._listener)
+        return self
+
+    def drop_confirms(self) -> None:
+        """Until stop(): forward everything except the broker's publisher confirms (amqp=True)."""
+        assert self.amqp, "only an AMQP proxy reads frames"
+        self._dropping_confirms = True
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones (as a dead server or network would)."""
+        self._dropping_confirms = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._acceptor.kill()
+            listener.close()
+        # Kill the pumps before closing their sockets: a green thread left waiting on a closed
+        # descriptor would trip eventlet when the number is reused by a later connection.
+        for pump in list(self._pumps):
+            pump.kill()
+        self._pumps.clear()
+        for sock in list(self._sockets):
+            self._close(sock)
+
+    def _close(self, sock) -> None:
+        self._sockets.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = eventlet.connect(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            self._sockets.update((client, server))
+            replies = self._pump_frames if self.amqp else self._pump
+            for pump in (eventlet.spawn(self._pump, client, server), eventlet.spawn(replies, server, client)):
+                self._pumps.add(pump)
+                pump.link(lambda gt: self._pumps.discard(gt))
+
+    def _pump(self, source, target) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except (OSError, EOFError):  # cut by stop(), or by either end
+            pass
+        finally:
+            self._close(source)
+            self._close(target)
+
+    def _pump_frames(self, source, target) -> None:
+        """The broker's side of an AMQP connection, whole frames at a time (type, channel, size,
+        payload, end octet), leaving out basic.ack while confirms are being dropped."""
+        pending = b""
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                pending += data
+                out = []
+                while len(pending) >= 7:
+                    end = 7 + int.from_bytes(pending[3:7], "big") + 1
+                    if len(pending) < end:
+                        break
+                    frame, pending = pending[:end], pending[end:]
+                    method = (int.from_bytes(frame[7:9], "big"), int.from_bytes(frame[9:11], "big"))
+                    if not (self._dropping_confirms and frame[0] == 1 and method == BASIC_ACK):
+                        out.append(frame)
+                if out:
+                    target.sendall(b"".join(out))
+        except (OSError, EOFError):
+            pass
+        finally:
+            self._close(source)
+            self._close(target)

@@ -1,0 +1,150 @@
+"""The console over HTTP (no browser): signing in and out, pages that need a sign-in,
+the CSRF double-submit on the relay, the public board and the served assets."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import requests
+
+from tests.integration.console_stack import console_stack
+from tests.integration.test_accounts_service import PASSWORD
+from tests.unit.photos.test_photo_domain import jpeg
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(infrastructure, rabbit_admin, pg_admin, tmp_path_factory):
+    from tests import support
+    vhost = support.unique_name("chuangwei-console")
+    rabbit_admin.create_vhost(vhost)
+    database_url = pg_admin.create_database(support.unique_name("chuangwei_console"))
+    try:
+        # requests keeps Secure cookies away from http://; browsers accept them on 127.0.0.1.
+        with console_stack(support.with_vhost(infrastructure["amqp_uri"], vhost), database_url,
+                           tmp_path_factory.mktemp("photos"), CONSOLE_SECURE_COOKIES=False) as running:
+            yield running
+    finally:
+        rabbit_admin.delete_vhost(vhost)
+        pg_admin.drop_database(database_url.rsplit("/", 1)[1])
+
+
+def signed_in(stack, username: str, next_path: str = "/") -> tuple[requests.Session, requests.Response]:
+    session = requests.Session()
+    page = session.get(f"{stack.console}/login", params={"next": next_path}, timeout=30)
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = session.post(f"{stack.console}/login", data={"username": username, "password": PASSWORD,
+                                                              "csrf_token": csrf, "next": next_path},
+                            allow_redirects=False, timeout=30)
+    return session, response
+
+
+def test_pages_need_a_sign_in_and_sign_in_sets_the_session_cookies(stack):
+    anonymous = requests.get(f"{stack.console}/ledger?status=open", allow_redirects=False, timeout=30)
+    assert anonymous.status_code == 303
+    assert anonymous.headers["Location"] == "/login?next=/ledger?status=open"
+
+    session, response = signed_in(stack, "wangfang", "/ledger")
+    assert response.status_code == 303 and response.headers["Location"] == "/ledger"
+    cookies = {c.name: c for c in session.cookies}
+    assert {"cw_access", "cw_refresh", "cw_csrf"} <= set(cookies)
+    assert cookies["cw_access"].has_nonstandard_attr("HttpOnly") and cookies["cw_refresh"].has_nonstandard_attr("HttpOnly")
+    assert not cookies["cw_csrf"].has_nonstandard_attr("HttpOnly")
+
+    dashboard = session.get(f"{stack.console}/", timeout=30)
+    assert dashboard.status_code == 200 and "仪表盘" in dashboard.text and "王芳" in dashboard.text
+    assert dashboard.headers["Cache-Control"] == "no-store"
+    assert "script-src 'self'" in dashboard.headers["Content-Security-Policy"]
+    assert 'href="/inspect"' in dashboard.text and 'href="/admin"' not in dashboard.text  # an inspector's menu
+
+    # Signing out revokes the refresh token and clears the cookies.
+    csrf = session.cookies["cw_csrf"]
+    out = session.post(f"{stack.console}/logout", data={"csrf_token": csrf}, allow_redirects=False, timeout=30)
+    assert out.status_code == 303 and out.headers["Location"] == "/login"
+    assert "cw_access" not in session.cookies and "cw_refresh" not in session.cookies
+    assert session.get(f"{stack.console}/", allow_redirects=False, timeout=30).status_code == 303
+
+
+def test_a_wrong_password_a_missing_csrf_token_and_an_open_redirect_are_refused(stack):
+    session = requests.Session()
+    page = session.get(f"{stack.console}/login", timeout=30)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    wrong = session.post(f"{stack.console}/login", data={"username": "wangfang", "password": "不对的密码123",
+                                                           "csrf_token": csrf}, allow_redirects=False, timeout=30)
+    assert wrong.status_code == 401 and "用户名或密码错误" in wrong.text and "cw_access" not in session.cookies
+    forged = requests.post(f"{stack.console}/login", data={"username": "wangfang", "password": PASSWORD},
+                           allow_redirects=False, timeout=30)
+    assert forged.status_code == 403 and "页面已过期" in forged.text
+
+    _, response = signed_in(stack, "wangfang", "//evil.example/steal")
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+
+
+def test_the_relay_needs_the_csrf_header_and_acts_as_the_signed_in_person(stack):
+    session, _ = signed_in(stack, "wangfang")
+    photo = jpeg()
+    refused = session.post(f"{stack.console}/api/photos/photos", data=photo,
+                           headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert refused.status_code == 403 and refused.json()["errors"][0]["field"] == "X-CSRF-Token"
+    uploaded = session.post(f"{stack.console}/api/photos/photos", data=photo,
+                            headers={"Content-Type": "image/jpeg", "X-CSRF-Token": session.cookies["cw_csrf"]},
+                            timeout=30)
+    assert uploaded.status_code == 201, uploaded.text
+    sha = uploaded.json()["sha256"]
+    assert session.get(f"{stack.console}/api/photos/photos/{sha}", timeout=30).content == photo
+    me = session.get(f"{stack.console}/api/accounts/me", timeout=30)
+    assert me.status_code == 200 and me.json()["username"] == "wangfang"
+    assert session.get(f"{stack.console}/api/nowhere/x", timeout=30).status_code == 404
+    assert session.get(f"{stack.console}/api/accounts/.well-known/jwks.json", timeout=30).status_code == 404
+    # Another person's session does not see the uploader's photo without an inspection showing it.
+    rectifier, _ = signed_in(stack, "zhoujie")
+    assert rectifier.get(f"{stack.console}/api/photos/photos/{sha}", timeout=30).status_code == 404
+    assert requests.get(f"{stack.console}/api/photos/photos/{sha}", timeout=30).status_code == 401
+
+
+def test_roles_decide_the_pages(stack):
+    rectifier, _ = signed_in(stack, "zhoujie")
+    page = rectifier.get(f"{stack.console}/inspect", timeout=30)
+    assert page.status_code == 403 and "无权访问" in page.text
+    assert rectifier.get(f"{stack.console}/admin", timeout=30).status_code == 403
+    admin, _ = signed_in(stack, "zhangwei")
+    page = admin.get(f"{stack.console}/admin", timeout=30)
+    assert page.status_code == 200 and "wangfang" in page.text and "现行考评办法" in page.text
+    bad = admin.get(f"{stack.console}/ledger", params={"period": "2026-13"}, timeout=30)
+    assert bad.status_code == 422 and "query.period" in bad.text
+
+
+def test_the_board_and_the_assets_need_no_sign_in(stack):
+    board = requests.get(f"{stack.console}/board", timeout=30)
+    assert board.status_code == 200 and "本月榜单尚未发布" in board.text
+    chart = requests.get(f"{stack.console}/static/vendor/chart.js/chart.umd.min.js", timeout=30)
+    assert chart.status_code == 200 and chart.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert "Chart" in chart.text[:2000]
+    font = requests.get(f"{stack.console}/static/vendor/noto-sans-sc/400.css", timeout=30)
+    assert font.status_code == 200 and "Noto Sans SC" in font.text
+    woff = re.search(r"url\(\./(files/[^)]+\.woff2)\)", font.text).group(1)
+    assert requests.get(f"{stack.console}/static/vendor/noto-sans-sc/{woff}", timeout=30).headers[
+        "Content-Type"] == "font/woff2"
+    for hidden in ("vendor/chart.js/../package.json", "vendor/noto-sans-sc/package.json", "../service.py"):
+        assert requests.get(f"{stack.console}/static/{hidden}", timeout=30).status_code == 404
+
+
+def test_an_expired_access_cookie_is_renewed_with_the_refresh_cookie(stack):
+    session, _ = signed_in(stack, "wangfang")
+    refresh = session.cookies["cw_refresh"]
+    session.cookies.clear(domain="127.0.0.1", path="/", name="cw_access")  # as when its max-age ran out
+    first = session.get(f"{stack.console}/ledger?light=red", allow_redirects=False, timeout=30)
+    assert first.status_code == 303 and first.headers["Location"] == "/session/refresh?next=/ledger?light=red"
+    renewed = session.get(f"{stack.console}{first.headers['Location']}", allow_redirects=False, timeout=30)
+    assert renewed.status_code == 303 and renewed.headers["Location"] == "/ledger?light=red"
+    assert session.cookies.get("cw_access") and session.cookies["cw_refresh"] == refresh
+    assert session.get(f"{stack.console}/ledger?light=red", timeout=30).status_code == 200
+
+    # A refresh token that no longer works ends the session: back to the sign-in page.
+    session.cookies.clear(domain="127.0.0.1", path="/", name="cw_access")
+    session.cookies.set("cw_refresh", "cwr_revoked", domain="127.0.0.1", path="/")
+    ended = session.get(f"{stack.console}/session/refresh?next=/ledger", allow_redirects=False, timeout=30)
+    assert ended.status_code == 303 and ended.headers["Location"] == "/login?next=/ledger"
+    assert "cw_refresh" not in session.cookies

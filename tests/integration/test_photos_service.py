@@ -1,0 +1,115 @@
+"""Photo evidence over HTTP next to the inspection service: uploads checked by content,
+named by sha256, and served only to who may see the inspection that shows them (a 暗访's
+photos stay with the inspecting office until it is released)."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import requests
+
+from services.inspection.service import InspectionService
+from services.photos.service import PhotosService
+from tests import support
+from tests.integration.test_inspection_service import inspection_body
+from tests.unit.photos.test_photo_domain import XINYANG, jpeg
+
+pytestmark = pytest.mark.integration
+
+STREET = "411502008000"
+COMMUNITY = "411502008001"
+OTHER_STREET = "411502003000"
+
+
+@pytest.fixture
+def stack(amqp_uri, database_url, tmp_path):
+    ports = {"inspection": support.free_port(), "photos": support.free_port()}
+    config = support.base_config(amqp_uri, database_url, PHOTOS_DIR=str(tmp_path / "photos"), PHOTOS_MAX_BYTES=200_000,
+                                 WEB_ADDRESSES={name: f"127.0.0.1:{port}" for name, port in ports.items()})
+    with support.running_services(config, InspectionService, PhotosService):
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}, tmp_path / "photos"
+
+
+def upload(base: str, who: support.ApiClient, data: bytes, content_type="image/jpeg"):
+    return who.session.post(f"{base}/photos", data=data, headers={"Content-Type": content_type}, timeout=30)
+
+
+def test_upload_is_named_by_sha256_keeps_exif_and_is_served_only_where_the_inspection_is_seen(stack):
+    urls, directory = stack
+    photos, inspection = support.ApiClient(urls["photos"]), support.ApiClient(urls["inspection"])
+    inspector = photos.as_user("王芳", [("inspector", STREET)], subject="wangfang")
+    data = jpeg(taken="2026:11:20 09:31:12", gps=XINYANG)
+    sha = hashlib.sha256(data).hexdigest()
+
+    # Declared as PNG, but the content decides.
+    response = upload(urls["photos"], inspector, data, content_type="image/png")
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "sha256": sha, "uri": f"photos/{sha}", "thumbnail_uri": f"photos/{sha}/thumbnail",
+        "content_type": "image/jpeg", "size": len(data), "width": 640, "height": 480,
+        "taken_at": "2026-11-20T09:31:12+08:00", "gps": {"lat": 32.1234, "lng": 114.0567},
+        "uploaded_at": response.json()["uploaded_at"]}
+    assert (directory / sha[:2] / sha).read_bytes() == data
+    again = upload(urls["photos"], inspector, data)
+    assert again.status_code == 200 and again.json() == response.json()
+
+    # The uploader sees it at once (the draft is not saved yet).
+    served = inspector.get(f"/photos/{sha}")
+    assert served.status_code == 200 and served.content == data
+    assert served.headers["Content-Type"] == "image/jpeg" and served.headers["Cache-Control"].startswith("private")
+    assert inspector.get(f"/photos/{sha}/thumbnail").content[:2] == b"\xff\xd8"
+
+    # An unannounced inspection (暗访) shows it.
+    subject = inspection.post("/subjects", {"subject_type": "child_unit", "node": COMMUNITY, "name": "周家山社区"}).json()
+    place = inspection.post("/places", {"place_type": "public_toilet", "name": "周家山路公厕", "node": COMMUNITY,
+                                        "responsible_subject_id": subject["subject_id"]}).json()
+    body = inspection_body(subject, place, kind="unannounced")
+    body["results"][0]["evidence"] = [{"uri": f"photos/{sha}", "sha256": sha}]
+    recorded = inspection.as_user("王芳", [("inspector", STREET)], subject="wangfang").post("/inspections", body)
+    assert recorded.status_code == 201, recorded.text
+    inspection_id = recorded.json()["inspection_id"]
+
+    community = photos.as_user("周家山社区整改员", [("rectifier", COMMUNITY)])
+    office_viewer = photos.as_user("街道观察员", [("viewer", STREET)])
+    stranger = photos.as_user("五星街道检查员", [("inspector", OTHER_STREET)])
+    hidden = {"error": "not_found", "message": "no such photo that you may see: name the inspection_id or task_id "
+                                               "that shows it (照片不存在或无权查看)",
+              "errors": [{"field": "photo_id", "reason": "no such photo that you may see: name the inspection_id "
+                                                       "or task_id that shows it (照片不存在或无权查看)"}]}
+    for who in (community, office_viewer, stranger):
+        response = who.get(f"/photos/{sha}")
+        assert response.status_code == 404 and response.json() == hidden
+    assert office_viewer.get(f"/photos/{sha}", params={"inspection_id": inspection_id}).content == data
+    # The 暗访 is embargoed: the community may not see it, so not its photo either.
+    assert community.get(f"/photos/{sha}", params={"inspection_id": inspection_id}).status_code == 404
+    assert stranger.get(f"/photos/{sha}/thumbnail", params={"inspection_id": inspection_id}).status_code == 404
+
+    released = inspection.post(f"/inspections/{inspection_id}/release")
+    assert released.status_code == 200, released.text
+    assert community.get(f"/photos/{sha}", params={"inspection_id": inspection_id}).content == data
+    # Naming an inspection that does not show this photo proves nothing.
+    other = upload(urls["photos"], inspector, jpeg(size=(10, 10)))
+    assert community.get(f"/photos/{other.json()['sha256']}",
+                         params={"inspection_id": inspection_id}).status_code == 404
+
+
+def test_uploads_are_limited_by_content_role_and_size(stack):
+    urls, directory = stack
+    photos = support.ApiClient(urls["photos"])
+    inspector = photos.as_user("王芳", [("inspector", STREET)])
+    refused = upload(urls["photos"], inspector, b"<svg onload=alert(1)></svg>", content_type="image/jpeg")
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "body"
+    assert "not a readable JPEG, PNG or WebP image" in refused.json()["errors"][0]["reason"]
+
+    too_big = upload(urls["photos"], inspector, b"\xff\xd8" + b"0" * 200_000)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "payload_too_large"
+
+    viewer = photos.as_user("观察员", [("viewer", STREET)])
+    assert upload(urls["photos"], viewer, jpeg()).status_code == 403
+    assert requests.post(f"{urls['photos']}/photos", data=jpeg(), timeout=30).status_code == 401
+    assert not directory.exists() or not any(p.is_file() for p in directory.rglob("*"))
+
+    bad_name = inspector.get("/photos/..%2F..%2Fetc%2Fpasswd")
+    assert bad_name.status_code in (404, 422)
+    assert inspector.get("/photos/" + "0" * 64).status_code == 404
