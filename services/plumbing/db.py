@@ -32,8 +32,22 @@ from services.plumbing.config import database_url, home_node
 
 log = logging.getLogger(__name__)
 
-# Engines of the services running in this process, for /health.
-ENGINES: dict[str, Engine] = {}
+# The Database provider of every container set up in this process, for /health and the pool
+# gauges. Keyed by the provider, not the service name: two containers of one service (tests,
+# a blue/green restart) must not drop each other's entry.
+_PROVIDERS: dict[int, "Database"] = {}
+
+
+def running_engines() -> dict[str, Engine]:
+    """The engines of the services running in this process, by service name. A container that
+    has stopped or died is left out even if its provider never got to unregister (a stop that
+    raised part-way): its database may be gone, and it must not make every /health 503."""
+    engines = {}
+    for provider in list(_PROVIDERS.values()):
+        container = provider.container
+        if provider.engine is not None and container.started and not container._died.ready():
+            engines[container.service_name] = provider.engine
+    return engines
 
 # --- a dependency that is down: 503 for clients, one log line per outage for operators ---
 
@@ -308,7 +322,7 @@ class Database(DependencyProvider):
             self.home = home_node(config)
         except (RuntimeError, ValueError):
             self.home = None  # entries then name no node unless the service says which
-        ENGINES[service_name] = self.engine
+        _PROVIDERS[id(self)] = self
         log.info("%s database: %s", service_name, self.engine.url.render_as_string(hide_password=True))
 
     def start(self):
@@ -356,7 +370,7 @@ class Database(DependencyProvider):
             return result
 
     def stop(self):
-        ENGINES.pop(self.container.service_name, None)
+        _PROVIDERS.pop(id(self), None)
         if self.engine is not None:
             self.engine.dispose()
 

@@ -33,7 +33,7 @@ from services.contracts.errors import RuleViolation, UnknownReference
 from services.plumbing import audit, metrics as shared_metrics
 from services.plumbing.instrumentation import EntrypointMetrics
 from services.plumbing.logs import LogContext
-from services.plumbing.db import ENGINES
+from services.plumbing.db import running_engines
 from services.plumbing.auth import ADMINISTRATOR, PUBLIC, signed_in
 from services.plumbing.config import home_node, service_amqp_uri
 from services.plumbing.http import ROUTES, api, json_response
@@ -137,7 +137,7 @@ def _probe(check, timeout: float) -> str:
 
 def check_databases(timeout: float = HEALTH_CHECK_TIMEOUT) -> dict[str, str]:
     return {f"database:{service}": _probe(lambda: _select_one(engine), timeout)
-            for service, engine in sorted(ENGINES.items())}
+            for service, engine in sorted(running_engines().items())}
 
 
 def check_broker(amqp_uri: str, timeout: float = HEALTH_CHECK_TIMEOUT) -> str:
@@ -173,7 +173,7 @@ def recent_health_checks(amqp_uri: str) -> dict[str, str]:
 
 
 def record_pool_usage() -> None:
-    for service, engine in ENGINES.items():
+    for service, engine in running_engines().items():
         pool = engine.pool
         if hasattr(pool, "checkedout") and hasattr(pool, "size"):
             shared_metrics.DB_POOL_IN_USE.labels(service).set(pool.checkedout())

@@ -340,16 +340,10 @@ def probe(amqp_uri, database_url):
     engine.dispose()
     port = support.free_port()
     config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"probe": f"127.0.0.1:{port}"})
-    try:
-        with support.running_services(config, AuditProbe):
-            client = support.ApiClient(f"http://127.0.0.1:{port}")
-            client.config = config
-            yield client
-    finally:
-        # The health checks of every later stack in this process read the registry; a probe
-        # engine left there (its database is dropped after the test) made them all 503.
-        from services.plumbing.db import ENGINES
-        ENGINES.pop("probe", None)
+    with support.running_services(config, AuditProbe):
+        client = support.ApiClient(f"http://127.0.0.1:{port}")
+        client.config = config
+        yield client
 
 
 def test_every_kind_of_write_is_captured_by_the_plumbing(probe, database_url):

@@ -1,0 +1,33 @@
+"""/health reads the engines of the services running in this process; a container that has
+stopped or died must drop out even when its provider never unregistered."""
+from types import SimpleNamespace
+
+from eventlet.event import Event
+
+from services.plumbing import db
+
+
+def provider(service_name: str, started: bool = True, died: bool = False):
+    died_event = Event()
+    if died:
+        died_event.send(None)
+    container = SimpleNamespace(service_name=service_name, started=started, _died=died_event)
+    engine = db.make_engine("sqlite://")
+    return SimpleNamespace(container=container, engine=engine)
+
+
+def test_only_running_containers_are_checked(monkeypatch):
+    running, stopped, dead = provider("inspection"), provider("probe", started=False), provider("tasks", died=True)
+    monkeypatch.setattr(db, "_PROVIDERS", {1: running, 2: stopped, 3: dead})
+    assert db.running_engines() == {"inspection": running.engine}
+
+
+def test_a_provider_that_stops_unregisters(monkeypatch):
+    monkeypatch.setattr(db, "_PROVIDERS", {})
+    database = db.Database()
+    database.container = SimpleNamespace(service_name="inspection", started=True, _died=Event())
+    database.engine = db.make_engine("sqlite://")
+    db._PROVIDERS[id(database)] = database
+    assert db.running_engines() == {"inspection": database.engine}
+    database.stop()
+    assert db.running_engines() == {}
