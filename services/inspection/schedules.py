@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.contracts.bounds import CampaignInstant
 from services.contracts.errors import UnknownReference
 from services.contracts.events.inspection import CheckMissed, SubjectRef
 from services.contracts.identity import ADMINISTRATOR, Principal
@@ -77,8 +78,8 @@ class ScheduleIn(BaseModel):
     place_type: PlaceType | None = Field(default=None, description="or every place of this type")
     inspectors: list[str] = Field(default_factory=list, max_length=20, description="by whom (names or a team)")
     counts: bool = Field(default=True, description="missed checks count (policy): in the bulletin's figures")
-    starts_at: datetime | None = Field(default=None, description="periods before this one are never missed "
-                                                                 "(default: when it is created)")
+    starts_at: CampaignInstant | None = Field(default=None, description="periods before this one are never missed "
+                                                                        "(default: when it is created)")
 
     @model_validator(mode="after")
     def _one_target(self):
