@@ -148,3 +148,42 @@ def test_an_expired_access_cookie_is_renewed_with_the_refresh_cookie(stack):
     ended = session.get(f"{stack.console}/session/refresh?next=/ledger", allow_redirects=False, timeout=30)
     assert ended.status_code == 303 and ended.headers["Location"] == "/login?next=/ledger"
     assert "cw_refresh" not in session.cookies
+
+
+def test_every_console_route_declares_its_access_and_turns_anonymous_callers_away(stack):
+    """Pages answer an anonymous caller with the sign-in page (303), the relay with 401; only
+    sign-in, sign-out, the board, the static assets and the operators' probes are public."""
+    from services.plumbing.auth import PUBLIC
+    from services.plumbing.http import ROUTES
+    public, refused = set(), {}
+    for (service, methods, url), route in ROUTES.items():
+        if service != "console":
+            continue
+        assert route.access is not None, f"{methods} {url} does not declare who may call it"
+        path = re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", "x", url).replace("/api/x/x", "/api/inspection/subjects")
+        for method in methods.split(","):
+            if route.access is PUBLIC:
+                public.add((method, url))
+                continue
+            answer = requests.request(method, f"{stack.console}{path}", allow_redirects=False, timeout=30)
+            refused[(method, url)] = answer.status_code
+    assert public == {("GET", "/login"), ("POST", "/login"), ("GET", "/session/refresh"), ("POST", "/logout"),
+                      ("GET", "/board"), ("GET", "/static/<path:name>"),
+                      ("GET", "/health"), ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")}
+    assert refused and all(status in (303, 401) for status in refused.values()), refused
+    assert {status for (_, url), status in refused.items() if url.startswith("/api/")} == {401}
+
+
+def test_a_write_relayed_by_the_console_is_on_record_with_the_person_and_the_request_id(stack):
+    session, _ = signed_in(stack, "zhangwei")
+    created = session.post(f"{stack.console}/api/inspection/subjects",
+                           json={"subject_type": "child_unit", "node": "411502008002", "name": "控制台新建社区"},
+                           headers={"X-CSRF-Token": session.cookies["cw_csrf"]}, timeout=30)
+    assert created.status_code == 201, created.text
+    request_id = created.headers["X-Request-Id"]
+    entries = stack.api("inspection", "zhangwei").get(f"/audit?request_id={request_id}")
+    assert entries.status_code == 200, entries.text
+    [entry] = entries.json()
+    assert (entry["actor_name"], entry["actor_kind"], entry["action"], entry["request_id"]) == (
+        "张伟", "user", "POST /subjects", request_id), entry
+    assert entry["request"]["name"] == "控制台新建社区"
