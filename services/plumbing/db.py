@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,18 +36,27 @@ log = logging.getLogger(__name__)
 # The Database provider of every container set up in this process, for /health and the pool
 # gauges. Keyed by the provider, not the service name: two containers of one service (tests,
 # a blue/green restart) must not drop each other's entry.
-_PROVIDERS: dict[int, "Database"] = {}
+# Weak values: a container that failed to start is dropped without stop(); its provider must
+# not outlive it here.
+_PROVIDERS: "weakref.WeakValueDictionary[int, Database]" = weakref.WeakValueDictionary()
 
 
 def running_engines() -> dict[str, Engine]:
     """The engines of the services running in this process, by service name. A container that
-    has stopped or died is left out even if its provider never got to unregister (a stop that
-    raised part-way): its database may be gone, and it must not make every /health 503."""
+    has stopped, died or been collected is left out even if its provider never got to
+    unregister (a start that failed after the database was set up never calls stop): its
+    database may be gone, and it must not make every /health in the process 503."""
     engines = {}
-    for provider in list(_PROVIDERS.values()):
-        container = provider.container
-        if provider.engine is not None and container.started and not container._died.ready():
-            engines[container.service_name] = provider.engine
+    for key, provider in list(_PROVIDERS.items()):
+        try:
+            container = provider.container  # nameko binds extensions to a weak proxy
+            running = container.started and not container._died.ready()
+            name = container.service_name
+        except ReferenceError:
+            _PROVIDERS.pop(key, None)
+            continue
+        if provider.engine is not None and running:
+            engines[name] = provider.engine
     return engines
 
 # --- a dependency that is down: 503 for clients, one log line per outage for operators ---

@@ -31,3 +31,22 @@ def test_a_provider_that_stops_unregisters(monkeypatch):
     assert db.running_engines() == {"inspection": database.engine}
     database.stop()
     assert db.running_engines() == {}
+
+
+def test_a_provider_whose_container_is_gone_is_dropped(monkeypatch):
+    """A container whose start failed after its database was set up is collected without
+    stop(); nameko binds extensions to a weak proxy of it, which then raises ReferenceError."""
+    import gc
+    import weakref
+
+    class Container:
+        service_name, started, _died = "probe", True, Event()
+
+    gone = Container()
+    orphan = SimpleNamespace(container=weakref.proxy(gone), engine=db.make_engine("sqlite://"))
+    del gone
+    gc.collect()
+    running = provider("inspection")
+    monkeypatch.setattr(db, "_PROVIDERS", {1: orphan, 2: running})
+    assert db.running_engines() == {"inspection": running.engine}
+    assert list(db._PROVIDERS) == [2]
