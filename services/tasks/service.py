@@ -21,6 +21,8 @@ Config (infra/nameko.yaml):
   TASKS_ANSWER_HOURS            the tier above owes an answer within this many hours (72)
   TASKS_RELAPSE_WINDOW_DAYS     a repeat finding within this many days of a close-out is a relapse (90)
   TASKS_SWEEP_BATCH             tasks taken per sweep (500)
+  TASKS_SATISFACTION_DEADLINE_DAYS  time limit of a low satisfaction item's task (30: our default;
+                                the policy leaves it to the office)
   CLOCK_OFFSET_SECONDS          shift this stack's clock (training/demo installations only)
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.providers import Identity
-from services.tasks import cases, operations as ops
+from services.tasks import cases, operations as ops, satisfaction
 from services.tasks.domain import Action
 from services.tasks.models import outbox as outbox_table, processed_events
 from services.tasks.schemas import (AnswerIn, CoordinationOut, CoordinationQuery, EscalateIn, FiguresOut,
@@ -107,6 +109,17 @@ class TasksService(operator_endpoints.OperatorEndpoints):
             ops.refresh_gauges(session, now)
             return [t.id for t in tasks]
         return self._apply_once(body, "case_reported", "on_case_reported", apply)
+
+    @reliable_event_handler("indicators", "satisfaction_item_low")
+    def on_satisfaction_item_low(self, body):
+        now = self.clock.now()
+
+        def apply(session, envelope, low):
+            tasks = satisfaction.open_satisfaction_task(session, low, self.outbox, self.identity.home, self._settings,
+                                                        now, self.identity.child_stacks)
+            ops.refresh_gauges(session, now)
+            return [t.id for t in tasks]
+        return self._apply_once(body, "satisfaction_item_low", "on_satisfaction_item_low", apply)
 
     # --- tiers: tasks handed down from the parent, progress reported by children ---
 

@@ -28,12 +28,15 @@ class OutboxLike(Protocol):
 @dataclass(frozen=True)
 class Settings:
     """Config keys (nameko YAML): TASKS_RELAPSE_WINDOW_DAYS (90), TASKS_URGE_REPEAT_HOURS (24),
-    TASKS_ESCALATION_GRACE_HOURS (72), TASKS_ANSWER_HOURS (72), TASKS_SWEEP_BATCH (500)."""
+    TASKS_ESCALATION_GRACE_HOURS (72), TASKS_ANSWER_HOURS (72), TASKS_SWEEP_BATCH (500),
+    TASKS_SATISFACTION_DEADLINE_DAYS (30: the time limit of a low satisfaction item's task; our
+    default, the policy leaves it to the office; not positive means the default)."""
     relapse_window: timedelta = domain.DEFAULT_RELAPSE_WINDOW
     urge_repeat: timedelta = domain.DEFAULT_URGE_REPEAT
     escalation_grace: timedelta = domain.DEFAULT_ESCALATION_GRACE
     answer_hours: float = domain.DEFAULT_ANSWER_HOURS
     sweep_batch: int = 500
+    satisfaction_deadline_days: float = 30.0
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -44,7 +47,8 @@ class Settings:
             urge_repeat=timedelta(hours=number("TASKS_URGE_REPEAT_HOURS", 24)),
             escalation_grace=timedelta(hours=number("TASKS_ESCALATION_GRACE_HOURS", 72)),
             answer_hours=number("TASKS_ANSWER_HOURS", domain.DEFAULT_ANSWER_HOURS),
-            sweep_batch=int(number("TASKS_SWEEP_BATCH", 500)))
+            sweep_batch=int(number("TASKS_SWEEP_BATCH", 500)),
+            satisfaction_deadline_days=number("TASKS_SATISFACTION_DEADLINE_DAYS", 30))
 
 
 def scrub_nul(body):

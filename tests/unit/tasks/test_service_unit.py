@@ -251,3 +251,66 @@ def test_record_coordination_request_stages_through_the_given_outbox(engine):
     assert (event.reason, event.answer_due_at, event.requested_at) == (escalated.reason, escalated.answer_due_at,
                                                                        escalated.at)
     assert outbox.tiers == []  # a local event: this stack's own exchange
+
+
+# --- satisfaction findings (群众满意率) from the indicators service ---
+
+LOW_SAMPLE = SAMPLE.parent / "satisfaction_item_low.v1.json"
+
+
+def low_event(**payload_changes):
+    body = json.loads(LOW_SAMPLE.read_text(encoding="utf-8"))
+    body["payload"].update(payload_changes)
+    return body
+
+
+def test_a_low_satisfaction_item_opens_one_task_for_the_area_once(service, engine):
+    from services.contracts.events.indicators import SatisfactionItemLow
+    from services.tasks import satisfaction
+    service.config["TASKS_SATISFACTION_DEADLINE_DAYS"] = 14
+    body = low_event()
+    [tid] = service.on_satisfaction_item_low(body)
+    assert tid == satisfaction.task_id(SatisfactionItemLow.model_validate(body["payload"]))
+    [opened] = service.outbox.of("task_opened")
+    assert (opened.task.task_id, opened.task.item_code, opened.task.item_text) == (
+        tid, "Q1", "您对辖区公厕的卫生状况是否满意？")
+    assert (opened.task.responsible.subject_id, opened.task.responsible.name, opened.task.inspecting_node,
+            opened.task.owner_node) == ("411502008001", "周家山社区", "411502008000", "411502008000")
+    assert opened.note == "群众满意度调查 2026-11：「您对辖区公厕的卫生状况是否满意？」满意率 56.00%（28/50），低于 60%"
+    found = datetime(2026, 11, 23, 6, 30, tzinfo=timezone.utc)
+    assert opened.task.deadline_at == found + timedelta(days=14) and opened.found_at == found
+    [record] = [r for r in service.outbox.records if r[0] is opened]
+    assert record[1] == "survey:0f3e2d1c-5b4a-4c3d-9e8f-7a6b5c4d3e2f"   # the survey's correlation id
+
+    # Redelivered (the same event id): a duplicate. Published again under another id: its task is there.
+    before = len(service.outbox.events)
+    assert service.on_satisfaction_item_low(body) == DUPLICATE
+    again = low_event()
+    again["event_id"] = "5e5f6a7b-8c9d-4e0f-a1b2-c3d4e5f6a745"
+    assert service.on_satisfaction_item_low(again) == []
+    assert task_count(engine) == 1 and len(service.outbox.events) == before
+
+    # The ledger's lifecycle applies unchanged: the area's rectifier fixes, the surveying office verifies.
+    request = MagicMock()
+    service.start_task(request, tid, body=StartIn(), principal=FIXER)
+    service.submit_fix(request, tid, body=FixIn(note="公厕已安排专人保洁", after_photos=[PHOTO]), principal=FIXER)
+    assert service.verify_task(request, tid, body=VerifyIn(), principal=INSPECTOR).status == "closed"
+
+
+def test_another_offices_survey_opens_nothing_here(service, engine):
+    assert service.on_satisfaction_item_low(low_event(surveying_node="411502001000")) == []
+    assert task_count(engine) == 0 and service.outbox.of("task_opened") == []
+
+
+def test_a_low_item_of_an_area_with_its_own_stack_is_handed_down_with_its_id():
+    from services.contracts.tiers import DOWN_EXCHANGE
+    street = stack("411502008000", Tier.street, child_stacks=("411502008001",))
+    [tid] = street.on_satisfaction_item_low(low_event())
+    [(exchange, key, delegated)] = [t for t in street.outbox.tiers if t[2].EVENT_TYPE == "task_delegated"]
+    assert exchange == DOWN_EXCHANGE and delegated.task_id == tid and delegated.delegated_by == "411502008000"
+    [finding] = delegated.inspection.findings
+    assert finding.deadline_at == datetime(2026, 11, 23, 6, 30, tzinfo=timezone.utc) + timedelta(days=30)
+    # The community's ledger takes it as its own, keeping the id.
+    community = stack("411502008001", Tier.community)
+    accepted = community.on_task_delegated(relay(street.outbox, DOWN_EXCHANGE, "task_delegated")[0][1])
+    assert accepted == [tid]
