@@ -30,7 +30,8 @@ STACK_SERVICES = {"inspection": InspectionService, "scoring": ScoringService, "t
 @pytest.fixture(scope="module")
 def stack(infrastructure, rabbit_admin, pg_admin, tmp_path_factory):
     """A street stack's five services in this process, seeded with a subject, a place, an
-    inspection and its task; the services' base URLs and the stored ids (`known`)."""
+    inspection and its task; the services' base URLs, the stored ids (`known`) and the
+    stack's config (`config`: its broker and database)."""
     vhost = support.unique_name("chuangwei-fuzz")
     rabbit_admin.create_vhost(vhost)
     database = support.unique_name("chuangwei_fuzz")
@@ -44,7 +45,7 @@ def stack(infrastructure, rabbit_admin, pg_admin, tmp_path_factory):
     try:
         with support.running_services(config, *STACK_SERVICES.values()):
             urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-            yield {**urls, "known": _seed(urls)}
+            yield {**urls, "known": _seed(urls), "config": config}
     finally:
         rabbit_admin.delete_vhost(vhost)
         pg_admin.drop_database(database)

@@ -133,7 +133,7 @@ def _dead_letter(stack: dict, ids: dict) -> None:
     Its retries back off 30 s, 60 s, ...: the backoff is fast-forwarded in the database
     until the fifth try has failed and the delivery is dead-lettered."""
     from sqlalchemy import create_engine, text
-    engine = create_engine(_stack_config(stack)["DATABASE_URL"])
+    engine = create_engine(stack["config"]["DATABASE_URL"])
     notify = support.ApiClient(stack["notify"], token=_token("admin"))
 
     def dead():
@@ -151,7 +151,7 @@ def _dead_letter(stack: dict, ids: dict) -> None:
 def _child_escalation(stack: dict, ids: dict) -> None:
     """飨堂社区, a child stack, escalates one of its tasks to this street (上报协调)."""
     ids["coordination"] = "w-child-task-1"
-    escalation_from_below({"amqp_uri": _stack_config(stack)["AMQP_URI"]}, ids["coordination"])
+    escalation_from_below({"amqp_uri": stack["config"]["AMQP_URI"]}, ids["coordination"])
     tasks = support.ApiClient(stack["tasks"], token=_token("admin"))
     support.wait_until(lambda: any(r["task_id"] == ids["coordination"] for r in tasks.get("/coordination").json()),
                        message="the child's escalation")
@@ -355,17 +355,6 @@ EXAMPLES = [
 def _token(caller: str) -> str:
     name, subject, grants = AUDITOR if caller == "auditor" else CALLERS[caller]
     return support.token(name, grants, subject=subject)
-
-
-def _stack_config(stack: dict) -> dict:
-    """The running stack's config (broker and database), found by the tasks service's address."""
-    from services.plumbing.db import _PROVIDERS
-    address = stack["tasks"].removeprefix("http://")
-    for provider in list(_PROVIDERS.values()):
-        config = provider.container.config
-        if (config.get("WEB_ADDRESSES") or {}).get("tasks") == address:
-            return config
-    raise AssertionError(f"no running tasks service at {address}")
 
 
 @dataclass
