@@ -79,7 +79,7 @@ class Report:
                f"  findings to task         {self.findings_with_deduction} "
                f"(of {self.tasked_inspections} inspections); tasks {self.tasks}",
                f"  published upward         {self.published_upward} score reports",
-               f"  in flight (unsent)       " + (", ".join(f"{k} {v}" for k, v in self.in_flight.items()) or "none")]
+               "  in flight (unsent)       " + (", ".join(f"{k} {v}" for k, v in self.in_flight.items()) or "none")]
         for name, ids in self.differences.items():
             shown = ", ".join(ids[:20]) + (f" … (+{len(ids) - 20})" if len(ids) > 20 else "")
             out.append(f"  DIFFERENCE {name} ({len(ids)}): {shown}")

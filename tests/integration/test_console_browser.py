@@ -229,7 +229,7 @@ def test_inspection_to_close_out_in_the_browser(stack, browser, screenshots, tmp
     ui.reload_until("/", lambda: ui.text("#light-green") == "0" and len(ui.all("#ranking tbody tr")) == 2,
                     "the dashboard after close-out")
     ranked = [row.text for row in ui.all("#ranking tbody tr")]
-    assert ranked[0].startswith("1 新华社区 100") and ranked[1].startswith(f"2 周家山社区")
+    assert ranked[0].startswith("1 新华社区 100") and ranked[1].startswith("2 周家山社区")
     ui.until(lambda: ui.css("#trend").get_attribute("data-drawn") == "true", "the trend chart")
     ui.shot("dashboard-after")
     ui.sign_out()

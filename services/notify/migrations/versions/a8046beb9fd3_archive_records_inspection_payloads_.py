@@ -7,8 +7,6 @@ Create Date: 2026-11-23 14:32:42.091213
 from alembic import op
 import sqlalchemy as sa
 
-import services.plumbing.sql
-
 
 revision = 'a8046beb9fd3'
 down_revision = '11e73dce6046'
