@@ -304,14 +304,7 @@ class JsonApi(HttpRequestHandler):
             allowed = "application/json" + (f" or {FORM_CONTENT_TYPE}" if self.form else "")
             raise ApiError(f"Content-Type must be {allowed}, not {request.mimetype or 'missing'}",
                            field="Content-Type", status=415, code="unsupported_media_type")
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            raise ApiError(f"request body of {length} bytes exceeds the limit of {self.max_body}",
-                           field="body", status=413, code="payload_too_large")
-        raw = request.stream.read(self.max_body + 1)
-        if len(raw) > self.max_body:
-            raise ApiError(f"request body exceeds the limit of {self.max_body} bytes",
-                           field="body", status=413, code="payload_too_large")
+        raw = self._read_raw(request)
         if not raw:
             raise ApiError("request body is empty; a JSON object is required", field="body",
                            code="malformed_json")
