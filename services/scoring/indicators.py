@@ -119,7 +119,9 @@ def apply_satisfaction_published(session: Session, ctx: ops.Context, event_id: s
     _, policy = scorer.policy_for(subject)
     if SATISFACTION_KIND not in domain.weighted_kinds(policy):
         return 0  # kept, but this policy does not weigh it: nothing to recompute
-    scorer.ensure_subject(subject.subject_id, area, event.area.name, ops.CHILD)
+    if session.get(Subject, subject.subject_id) is None:
+        # A new subject takes the area's name; a known one keeps its own (inspections name it).
+        scorer.ensure_subject(subject.subject_id, area, event.area.name, ops.CHILD)
     scorer.refresh(subject.subject_id, periods)
     return scorer.finish("satisfaction")
 
