@@ -344,3 +344,20 @@ def test_a_verdict_for_an_area_scored_later_counts_then(service):
 def test_a_vector_verdict_must_be_for_a_month(service):
     with pytest.raises(InvalidEvent):
         service.on_vector_verdict_published(vector_event("fail", 1, period="2026-Q4"))
+
+
+@pytest.mark.parametrize("name,tier", [("street", Tier.street), ("city", Tier.city)])
+def test_the_commented_examples_in_the_shipped_policies_are_valid(name, tier):
+    """The YAML files document both options as commented-out examples (not enabled): each
+    one, uncommented, is a valid policy with the indicators on."""
+    import re
+    import yaml
+    text = (domain.POLICY_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+    document = yaml.safe_load(text)
+    assert "vector_density" not in document["vetoes"]
+    weights = [re.sub(r"^\s*#   ", "", line) for line in text.splitlines() if re.match(r"^\s*#   - \{name", line)]
+    document["source_weights"] = yaml.safe_load("\n".join(weights))
+    document["vetoes"]["vector_density"] = yaml.safe_load(
+        re.search(r"^\s*# vector_density: (.*)$", text, re.M).group(1))
+    policy = domain.parse_policy(document, tier)
+    assert "satisfaction_survey" in domain.weighted_kinds(policy) and policy.vetoes.vector_density.verdicts == ["fail"]
