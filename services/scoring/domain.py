@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
 
@@ -29,7 +30,9 @@ KIND_ORDER = {PeriodKind.week: 0, PeriodKind.month: 1, PeriodKind.quarter: 2, Pe
 SHORT_PERIODS = (PeriodKind.week, PeriodKind.month)
 TIER_ORDER = (Tier.province, Tier.city, Tier.district, Tier.street, Tier.community)
 
-VETO_LABELS = {"criticism": "通报批评", "media_exposure": "媒体曝光", "overdue": "整改超期"}
+VETO_LABELS = {"criticism": "通报批评", "media_exposure": "媒体曝光", "overdue": "整改超期",
+               "vector_density": "病媒生物密度"}
+VECTOR_VETO_TEXT = {"fail": "病媒生物密度未达标", "incomplete": "病媒生物密度监测不完整"}
 DECIMALS = 2
 
 
@@ -45,9 +48,28 @@ class _PolicyModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class IndicatorKind(StrEnum):
+    """Score input kinds that come from the indicators service, not from an inspection.
+
+    Scoring's own vocabulary, kept out of the shared `InspectionKind` on purpose: that enum is
+    parsed on the wire (`inspection_submitted`, and the inspection inside `task_delegated`),
+    and the inspection service accepts any of its members as an inspection's kind, so a new
+    member there could reach a child stack not yet upgraded and be refused. A policy is
+    scoring's own document (stored here, exchanged only over scoring's HTTP API), so its
+    source kinds may name these too. A policy counts them only where its `source_weights`
+    name them: with no source weights, or without the kind in any group, they are ignored
+    (not even listed in a score's explanation), so a policy that does not mention them scores
+    exactly as before."""
+    satisfaction_survey = "satisfaction_survey"  # 群众满意率 (a survey wave's rate × 100)
+
+
+INDICATOR_KINDS = frozenset(k.value for k in IndicatorKind)
+INDICATOR_KIND_LABELS = {IndicatorKind.satisfaction_survey: "群众满意率"}
+
+
 class SourceWeight(_PolicyModel):
     name: str = Field(min_length=1, max_length=50, examples=["暗访"])
-    kinds: list[InspectionKind] = Field(min_length=1)
+    kinds: list[InspectionKind | IndicatorKind] = Field(min_length=1)
     weight: float = Field(gt=0, le=100, description="percent")
 
 
@@ -82,8 +104,19 @@ class OverdueVeto(_PolicyModel):
                                              description="veto when the on-time close-out rate falls below")
 
 
+class VectorDensityVeto(_PolicyModel):
+    """一票否决 on the vector density rule (病媒生物密度, indicators' `vector_verdict_published`):
+    an area's figure for a month, and for the longer periods containing it, is vetoed while the
+    area's latest verdict revision for that month is one of `verdicts`."""
+    verdicts: list[Literal["fail", "incomplete"]] = Field(
+        default_factory=lambda: ["fail"], min_length=1,
+        description="which verdicts veto: fail (未达标), and if the office says so incomplete (监测不完整)")
+
+
 class VetoRule(_PolicyModel):
     overdue: OverdueVeto | None = None
+    vector_density: VectorDensityVeto | None = Field(
+        default=None, description="veto an area whose vector density verdict for the month fails (off when absent)")
 
 
 class RollupRule(_PolicyModel):
@@ -290,6 +323,14 @@ class LedgerInput:
 
 
 @dataclass(frozen=True)
+class VectorInput:
+    """An area's latest vector density verdict (pass | fail | incomplete) for a month."""
+    period: str
+    verdict: str
+    revision: int = 1
+
+
+@dataclass(frozen=True)
 class AppraisalInput:
     score: float
     appraised_by: str | None = None
@@ -315,13 +356,26 @@ class InspectionMean:
     excluded: list[str] = field(default_factory=list)
 
 
+def weighted_kinds(policy: Policy) -> set[str]:
+    return {str(k) for g in policy.source_weights for k in g.kinds}
+
+
+def policy_inputs(inputs: Sequence[ScoreInput], policy: Policy) -> list[ScoreInput]:
+    """The inputs a policy looks at: every inspection, and an indicator's input (e.g.
+    `satisfaction_survey`) only when the policy's source weights name its kind."""
+    named = weighted_kinds(policy)
+    return [i for i in inputs if i.kind not in INDICATOR_KINDS or i.kind in named]
+
+
 def inspection_mean(inputs: Sequence[ScoreInput], policy: Policy) -> InspectionMean:
     """Mean of inspection scores on the policy scale, weighted by source when the policy says so.
 
     With source weights, each source's mean counts with its weight; a source without any
     inspection in the period drops out and the others' weights are scaled up to 100 %.
-    Inspections of a kind no source lists do not count.
+    Inspections of a kind no source lists do not count; an indicator's input counts only in a
+    source that names its kind.
     """
+    inputs = policy_inputs(inputs, policy)
     if not policy.source_weights:
         values = [i.on_scale(policy.scale) for i in inputs]
         return InspectionMean(mean(values), len(values))
@@ -411,9 +465,10 @@ def composite_score(routine: float | None, appraisal: float | None, rule: Compos
 
 
 def veto_reasons(period: Period, vetoes: Sequence[VetoInput], ledger: Sequence[LedgerInput],
-                 policy: Policy) -> list[VetoInput]:
-    """The vetoes (一票否决) that apply to `period`: entered ones not revoked, and the configured
-    overdue condition."""
+                 policy: Policy, vectors: Sequence[VectorInput] = ()) -> list[VetoInput]:
+    """The vetoes (一票否决) that apply to `period`: entered ones not revoked, the configured
+    overdue condition, and the configured vector density condition (the latest verdict of a
+    month inside `period`)."""
     out = [v for v in vetoes if not v.revoked and applies_to(Period.parse(v.period), period)]
     condition = policy.vetoes.overdue
     if condition is not None:
@@ -428,6 +483,12 @@ def veto_reasons(period: Period, vetoes: Sequence[VetoInput], ledger: Sequence[L
                 why.append(f"on-time rate {fig.on_time_rate:.0%} below {condition.on_time_rate_below:.0%}")
             if why:
                 out.append(VetoInput("overdue", fig.period, f"{fig.period}: " + "; ".join(why), "ledger"))
+    vector = policy.vetoes.vector_density
+    if vector is not None:
+        for fig in sorted(vectors, key=lambda f: f.period):
+            if fig.verdict in vector.verdicts and applies_to(Period.parse(fig.period), period):
+                out.append(VetoInput("vector_density", fig.period,
+                                     f"{VECTOR_VETO_TEXT.get(fig.verdict, fig.verdict)}（{fig.period}）", "indicators"))
     return out
 
 
@@ -472,15 +533,17 @@ class SubjectScore:
 
 def subject_score(period: Period, policy: Policy, inputs: Sequence[ScoreInput],
                   children: Sequence[ChildInput] = (), appraisal: AppraisalInput | None = None,
-                  vetoes: Sequence[VetoInput] = (), ledger: Sequence[LedgerInput] = ()) -> SubjectScore:
+                  vetoes: Sequence[VetoInput] = (), ledger: Sequence[LedgerInput] = (),
+                  vectors: Sequence[VectorInput] = ()) -> SubjectScore:
     """One subject's figure for one period, with everything needed to explain it."""
+    inputs = policy_inputs(inputs, policy)
     own = routine_score(inputs, period, policy)
     child_score, child_detail = combine_children(children, policy.rollup, policy.scale)
     routine = blend(own.score, child_score, policy.rollup.own_inspections_weight)
     composite = policy.composite if policy.composite and period.kind in policy.composite.periods else None
     appraisal_score = appraisal.score if (composite and appraisal) else None
     score = composite_score(routine, appraisal_score, composite) if composite else routine
-    applied = veto_reasons(period, vetoes, ledger, policy)
+    applied = veto_reasons(period, vetoes, ledger, policy, vectors)
     grade, capped_from = grade_for(score, bool(applied), policy.grades)
     # A child scored here counts once; a child stack's own report stands for the
     # inspections behind it, so a well-inspected district is not "a sample of one".

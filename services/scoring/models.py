@@ -60,6 +60,26 @@ class ScoreInputRow(Base):
     half_year: Mapped[str] = mapped_column(String(7))
     year: Mapped[str] = mapped_column(String(4))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The producer's revision of an input that may be published again with another figure (a
+    # survey wave's satisfaction rate): a higher one replaces the score. None: inspections, cases.
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class VectorVerdictInput(Base):
+    """An area's latest vector density verdict (病媒生物密度: pass | fail | incomplete) for a
+    month, from indicators' `vector_verdict_published`: the highest revision seen wins. A
+    policy with `vetoes.vector_density` vetoes the area's figures while it fails."""
+    __tablename__ = "scoring_vector_verdicts"
+
+    subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the area's division code
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    evaluating_node: Mapped[str] = mapped_column(String(12))
+    verdict: Mapped[str] = mapped_column(String(16))
+    revision: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[str] = mapped_column(String(36))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ChildScore(Base):

@@ -29,7 +29,7 @@ from services.plumbing.idempotency import apply_batch_once, apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import Identity
 from services.plumbing.timers import ConfigurableTimer
-from services.scoring import cases, operations as ops
+from services.scoring import cases, indicators, operations as ops
 from services.scoring.models import outbox as outbox_table, processed_events
 from services.scoring.schemas import (AppraisalIn, AppraisalOut, ApprovalDecisionIn, ApprovalOut, ApprovalQuery,
                                       ExplainOut, FreshnessOut, HistoryOut, HistoryQuery, PolicyOut, RankingOut,
@@ -105,6 +105,20 @@ class ScoringService(operator_endpoints.OperatorEndpoints):
     def on_case_handled(self, body):
         return self._apply_once(body, "case_handled", "on_case_handled",
                                 lambda session, envelope, payload: cases.apply_case_handled(
+                                    session, self._ctx(), str(envelope.event_id), payload))
+
+    @reliable_event_handler("indicators", "satisfaction_published")
+    def on_satisfaction_published(self, body):
+        """A survey wave's rate for an area: a `satisfaction_survey` input where the policy weighs it."""
+        return self._apply_once(body, "satisfaction_published", "on_satisfaction_published",
+                                lambda session, envelope, payload: indicators.apply_satisfaction_published(
+                                    session, self._ctx(), str(envelope.event_id), payload))
+
+    @reliable_event_handler("indicators", "vector_verdict_published")
+    def on_vector_verdict_published(self, body):
+        """An area's vector density verdict for a month: a veto where the policy says so."""
+        return self._apply_once(body, "vector_verdict_published", "on_vector_verdict_published",
+                                lambda session, envelope, payload: indicators.apply_vector_verdict_published(
                                     session, self._ctx(), str(envelope.event_id), payload))
 
     @batching_event_handler("tasks", "ledger_figures_updated")

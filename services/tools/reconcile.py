@@ -38,6 +38,7 @@ from services.contracts.nodes import is_within, normalize_code
 from services.contracts.tiers import UP_EXCHANGE
 from services.inspection import models as inspection_models
 from services.scoring import models as scoring_models
+from services.scoring.domain import INDICATOR_KINDS
 from services.tasks import models as tasks_models
 
 
@@ -106,7 +107,9 @@ def reconcile(inspection_db: Engine, scoring_db: Engine, tasks_db: Engine, node:
     ScoreInput, PeriodScore, scoring_outbox = (scoring_models.ScoreInputRow, scoring_models.PeriodScore,
                                                scoring_models.outbox)
     with scoring_db.connect() as conn:
-        scored = set(conn.execute(select(ScoreInput.inspection_id)).scalars())
+        # An indicator's input (a survey wave's satisfaction rate) is no inspection.
+        scored = set(conn.execute(select(ScoreInput.inspection_id).where(
+            ScoreInput.kind.not_in(sorted(INDICATOR_KINDS)))).scalars())
         report.in_flight["scoring"] = _unsent(conn, scoring_outbox)
         upward = conn.execute(select(scoring_outbox.c.body, scoring_outbox.c.published_at)
                               .where(scoring_outbox.c.exchange == UP_EXCHANGE,

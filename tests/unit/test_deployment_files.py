@@ -59,7 +59,8 @@ def consumed_exchanges() -> dict[str, set[str]]:
 def test_every_producer_a_consumer_binds_to_is_named_and_readable():
     """A consumer whose producer has no broker user in EVENT_PRODUCERS refuses to start, and
     one whose broker user may not read the producer's exchange cannot bind: every `<source>`
-    consumed (indicators for the tasks ledger's satisfaction findings, intake for its cases)
+    consumed (indicators for the tasks ledger's satisfaction findings and scoring's satisfaction
+    source and vector density veto, intake for its cases)
     is in infra/nameko.yaml, in the permissions infra/README.md grants and in those the test
     brokers give (tests/nodes.py)."""
     import re
@@ -71,6 +72,7 @@ def test_every_producer_a_consumer_binds_to_is_named_and_readable():
     bound = re.search(r"^BOUND='([^']+)'", readme, re.M).group(1)
     consumed = consumed_exchanges()
     assert "indicators" in consumed["tasks"] and "intake" in consumed["tasks"]
+    assert "indicators" in consumed["scoring"] and "intake" in consumed["scoring"]
     for consumer, sources in consumed.items():
         for source in sources:
             exchange = f"{source}.events"

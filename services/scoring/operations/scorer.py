@@ -13,7 +13,8 @@ from services.contracts.nodes import Tier, is_within, parent_of, tier_of
 from services.contracts.periods import Period, PeriodKind
 from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_key
 from services.scoring import domain, metrics
-from services.scoring.models import Appraisal, ChildScore, LedgerFigures, PeriodScore, PolicyVersion, Ranking, ScoreInputRow, Subject, SubjectAlias, Veto
+from services.scoring.models import (Appraisal, ChildScore, LedgerFigures, PeriodScore, PolicyVersion, Ranking, ScoreInputRow,
+                                     Subject, SubjectAlias, VectorVerdictInput, Veto)
 from services.plumbing.sql import binary_collation
 from services.scoring.operations.context import CHILD, Context, _now, evaluating_node
 from services.scoring.operations.policies import seed_default_policy, _latest_policy_rows, _effective_row
@@ -126,6 +127,13 @@ class Scorer:
                            .order_by(LedgerFigures.subject_id, LedgerFigures.period)).scalars():
             ledger.setdefault(owner[f.subject_id], []).append(
                 domain.LedgerInput(f.period, f.overdue_open, f.on_time_rate))
+        vectors: dict[str, list] = {}
+        months = [m.key for m in period.months()] if period.kind != PeriodKind.week else []
+        if months:
+            for v in s.execute(select(VectorVerdictInput).where(VectorVerdictInput.subject_id.in_(subject_ids),
+                                                                VectorVerdictInput.period.in_(months))
+                               .order_by(VectorVerdictInput.subject_id, VectorVerdictInput.period)).scalars():
+                vectors.setdefault(v.subject_id, []).append(domain.VectorInput(v.period, v.verdict, v.revision))
         rows = {r.subject_id: r for r in s.execute(select(PeriodScore).where(
             PeriodScore.subject_id.in_(subject_ids), PeriodScore.period_kind == kind,
             PeriodScore.period == key)).scalars()}
@@ -137,7 +145,8 @@ class Scorer:
             appraisal_in = (domain.AppraisalInput(appraisal.score * policy.scale / appraisal.scale,
                                                   appraisal.appraised_by, appraisal.note) if appraisal else None)
             result = domain.subject_score(period, policy, inputs.get(subject_id, []), children.get(subject_id, []),
-                                          appraisal_in, vetoes.get(subject_id, []), ledger.get(subject_id, []))
+                                          appraisal_in, vetoes.get(subject_id, []), ledger.get(subject_id, []),
+                                          vectors.get(subject_id, []))
             tier_rule = policy.ranking.tiers.get(Tier(subject.tier))
             min_inputs = tier_rule.min_inspections if (tier_rule and period.kind in policy.ranking.periods) else None
             row = rows.get(subject_id)
