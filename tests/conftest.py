@@ -11,6 +11,23 @@ import eventlet
 
 eventlet.monkey_patch()  # noqa: E402
 
+
+def _green_ssl_context_for_modules_imported_before_the_patch() -> None:
+    """pytest's plugins (schemathesis, via requests) import urllib3 before this conftest
+    patches, so urllib3 holds the original ssl.SSLContext; once ssl is patched, setting
+    `options` on such a context recurses forever (eventlet only repairs its own green
+    class). botocore builds one for every client, even for http:// (the S3 photo store).
+    `nameko run` patches before any import, so only this process needs it."""
+    import ssl
+    import sys
+    ssl_util = sys.modules.get("urllib3.util.ssl_")
+    if ssl_util is not None and getattr(ssl_util, "SSLContext", None) is not ssl.SSLContext \
+            and not getattr(ssl_util, "IS_PYOPENSSL", False):
+        ssl_util.SSLContext = ssl.SSLContext
+
+
+_green_ssl_context_for_modules_imported_before_the_patch()
+
 import os
 import shutil
 import subprocess

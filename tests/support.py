@@ -348,3 +348,67 @@ def running_services(config: dict, *service_classes):
         yield runner
     finally:
         runner.stop()
+
+
+class MotoS3Server:
+    """moto's S3-compatible HTTP server in a subprocess (`python -m moto.server`), on a free
+    port: a real S3 API over real sockets for the S3 photo store, and a process the test can
+    stop to see the store go down. (A subprocess, not moto's ThreadedMotoServer: the test
+    process is monkey-patched by eventlet, and moto's own botocore hooks stay out of it.)"""
+
+    ACCESS_KEY, SECRET_KEY, REGION = "testing-access-key", "testing-secret-key", "us-east-1"
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "MotoS3Server":
+        import sys
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise InfrastructureMissing(f"moto.server exited with {self.process.returncode} "
+                                            "(is moto[server] installed? pip install -e '.[test]')")
+            try:
+                requests.get(f"{self.url}/moto-api/", timeout=2)
+                return self
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise InfrastructureMissing(f"moto.server did not answer on {self.url} within {timeout:.0f} s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def client(self):
+        import boto3
+        return boto3.session.Session().client("s3", endpoint_url=self.url, region_name=self.REGION,
+                                              aws_access_key_id=self.ACCESS_KEY,
+                                              aws_secret_access_key=self.SECRET_KEY)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or f"photos-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def store_config(self, bucket: str, **extra) -> dict:
+        """PHOTOS_* settings for the S3 photo store against this server."""
+        return {"PHOTOS_STORE": "s3", "PHOTOS_S3_ENDPOINT": self.url, "PHOTOS_S3_BUCKET": bucket,
+                "PHOTOS_S3_REGION": self.REGION, "PHOTOS_S3_ACCESS_KEY": self.ACCESS_KEY,
+                "PHOTOS_S3_SECRET_KEY": self.SECRET_KEY, "PHOTOS_S3_PATH_STYLE": "true", **extra}
+
+    def __enter__(self) -> "MotoS3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

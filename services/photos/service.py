@@ -12,9 +12,22 @@ Entrypoints only: what a file is and its thumbnail in `domain`, where the bytes 
 Inspections and task actions refer to a photo by its sha256 in their evidence entries
 ({"uri": "photos/<sha256>", "sha256": ..., "taken_at": ..., "gps": ...}).
 
-Config (infra/nameko.yaml):
-  PHOTOS_STORE       disk (default); see storage.py for an S3-compatible store
+Config (infra/nameko.yaml; each PHOTOS_* setting also from the environment variable):
+  PHOTOS_STORE       disk (default) or s3
   PHOTOS_DIR         the disk store's directory (default var/photos)
+  PHOTOS_S3_BUCKET   with s3: the bucket (required; it must exist: startup fails naming the
+                     setting otherwise)
+  PHOTOS_S3_ENDPOINT the S3-compatible store's URL (MinIO http://minio.lan:9000, OSS
+                     https://oss-cn-hangzhou.aliyuncs.com, COS https://cos.ap-beijing.myqcloud.com,
+                     OBS https://obs.cn-north-4.myhuaweicloud.com); default AWS S3
+  PHOTOS_S3_REGION   the store's region (default us-east-1, or AWS_REGION / AWS_DEFAULT_REGION)
+  PHOTOS_S3_PREFIX   key prefix inside the bucket (e.g. 411502008000/photos/), default none
+  PHOTOS_S3_ACCESS_KEY, PHOTOS_S3_SECRET_KEY   credentials (else AWS_ACCESS_KEY_ID /
+                     AWS_SECRET_ACCESS_KEY, or the AWS credential files)
+  PHOTOS_S3_PATH_STYLE  true for MinIO and stores without per-bucket host names (default false)
+  PHOTOS_S3_CONNECT_TIMEOUT, PHOTOS_S3_READ_TIMEOUT (s, default 3 and 10),
+  PHOTOS_S3_MAX_ATTEMPTS (tries per call, default 3): an unreachable store is then a 503
+                     with Retry-After, like a database outage
   PHOTOS_MAX_BYTES   largest accepted upload (default 15 MB)
   PHOTOS_MAX_PIXELS  largest accepted width × height (default 50 megapixels)
   SERVICE_URLS       where inspection and tasks answer (default: their WEB_ADDRESSES)
@@ -39,6 +52,9 @@ class PhotoStoreProvider(DependencyProvider):
     def setup(self):
         config = self.container.config
         self.store = open_store(config)
+        check = getattr(self.store, "check", None)
+        if check is not None:  # a bucket that does not exist fails the start, naming the setting
+            check()
         self.limits = domain.Limits(int(config.get("PHOTOS_MAX_BYTES", domain.DEFAULT_MAX_BYTES)),
                                     int(config.get("PHOTOS_MAX_PIXELS", domain.DEFAULT_MAX_PIXELS)))
         self.upstreams = Upstreams(config)

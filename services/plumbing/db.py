@@ -74,10 +74,24 @@ def _broker_errors() -> tuple:
     return (KombuOperationalError, AmqpConnectionError, RecoverableConnectionError)
 
 
+# Other dependencies' outage exceptions, by the name a client and the log are told (an
+# object store's client library, say): registered by the module that talks to it.
+_OUTAGES: dict[type, str] = {}
+
+
+def register_outage(dependency: str, *exception_types: type) -> None:
+    """Declare that `exception_types` (and their subclasses) mean `dependency` cannot be
+    reached or is too busy to answer. Such a failure is then a 503 with Retry-After at the
+    HTTP layer, one throttled log line instead of a traceback, and an outage for the relays,
+    like a database or broker outage. Idempotent."""
+    for exception_type in exception_types:
+        _OUTAGES[exception_type] = dependency
+
+
 def unavailable_dependency(exc: BaseException) -> str | None:
-    """"database", "broker" (or "dependency") when `exc` means that dependency cannot be reached (or is too
-    busy to answer: a pool timeout, a deadlock victim): the request may succeed if retried
-    later. None for any other error."""
+    """"database", "broker", a registered dependency (`register_outage`), or "dependency" when
+    `exc` means that dependency cannot be reached (or is too busy to answer: a pool timeout, a
+    deadlock victim): the request may succeed if retried later. None for any other error."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -85,6 +99,9 @@ def unavailable_dependency(exc: BaseException) -> str | None:
             return "database"
         if isinstance(exc, _broker_errors()):
             return "broker"
+        for exception_type, dependency in list(_OUTAGES.items()):
+            if isinstance(exc, exception_type):
+                return dependency
         if isinstance(exc, (ConnectionError, TimeoutError)):  # a socket to something else
             return "dependency"
         exc = exc.__cause__ or exc.__context__

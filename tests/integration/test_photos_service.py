@@ -113,3 +113,61 @@ def test_uploads_are_limited_by_content_role_and_size(stack):
     bad_name = inspector.get("/photos/..%2F..%2Fetc%2Fpasswd")
     assert bad_name.status_code in (404, 422)
     assert inspector.get("/photos/" + "0" * 64).status_code == 404
+
+
+@pytest.fixture
+def moto():
+    server = support.MotoS3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_with_the_s3_store_photos_live_in_the_bucket_and_a_store_outage_is_a_503(amqp_uri, database_url, moto):
+    """PHOTOS_STORE=s3 against an S3-compatible server (moto's, over HTTP): the same API, the
+    objects under the key prefix; the server stopped, uploads and reads answer 503 with
+    Retry-After, as for a database outage, not 500."""
+    bucket, port = moto.create_bucket(), support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"photos": f"127.0.0.1:{port}"},
+                                 **moto.store_config(bucket, PHOTOS_S3_PREFIX="411502008000/photos/",
+                                                     PHOTOS_S3_CONNECT_TIMEOUT=1, PHOTOS_S3_MAX_ATTEMPTS=2))
+    base = f"http://127.0.0.1:{port}"
+    with support.running_services(config, PhotosService):
+        inspector = support.ApiClient(base).as_user("王芳", [("inspector", STREET)], subject="wangfang")
+        data = jpeg(taken="2026:11:20 09:31:12", gps=XINYANG)
+        sha = hashlib.sha256(data).hexdigest()
+        response = upload(base, inspector, data)
+        assert response.status_code == 201, response.text
+        assert response.json()["sha256"] == sha and response.json()["taken_at"] == "2026-11-20T09:31:12+08:00"
+        assert upload(base, inspector, data).status_code == 200  # the same bytes: the same photo
+
+        keys = sorted(o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket)["Contents"])
+        assert keys == [f"411502008000/photos/{sha}{suffix}" for suffix in ("", ".json", ".thumb.jpg")]
+        served = inspector.get(f"/photos/{sha}")
+        assert served.status_code == 200 and served.content == data
+        assert served.headers["Content-Type"] == "image/jpeg"
+        thumbnail = inspector.get(f"/photos/{sha}/thumbnail")
+        assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
+        assert inspector.get("/photos/" + "0" * 64).status_code == 404
+
+        moto.stop()
+        for response in (upload(base, inspector, jpeg(size=(20, 20))), inspector.get(f"/photos/{sha}")):
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"] == "5"
+            assert response.json()["error"] == "service_unavailable"
+            assert "object store unavailable" in response.json()["message"]
+
+
+def test_a_bucket_that_does_not_exist_fails_the_start_naming_the_setting(amqp_uri, database_url, moto):
+    config = support.base_config(amqp_uri, database_url,
+                                 WEB_ADDRESSES={"photos": f"127.0.0.1:{support.free_port()}"},
+                                 **moto.store_config("no-such-bucket"))
+    from nameko.runners import ServiceRunner
+    runner = ServiceRunner(config)
+    runner.add_service(PhotosService)
+    try:
+        with pytest.raises(ValueError, match="PHOTOS_S3_BUCKET='no-such-bucket': no such bucket"):
+            runner.start()
+    finally:
+        runner.kill()
