@@ -75,7 +75,11 @@ def replay_dead_letters(amqp_uri: str, service: str, event_id: str | None = None
         channel = conn.channel()
         producer = conn.Producer(channel=channel)
         skipped = []
-        while True:
+        # Only the messages there now: one replayed into a handler that still fails comes
+        # back to the tail of this queue while we work, and must not be replayed again (a
+        # fast consumer would make that a loop without end).
+        waiting = channel.queue_declare(dead_letter_queue_name(service), passive=True).message_count
+        for _ in range(waiting):
             message = channel.basic_get(dead_letter_queue_name(service), no_ack=False)
             if message is None:
                 break
