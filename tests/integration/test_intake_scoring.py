@@ -85,9 +85,11 @@ def test_cases_feed_the_ten_percent_source_of_the_city_composite(city_scheme):
             return None
         detail = response.json()
         groups = {g["name"]: g for g in detail["explain"]["source_weights"]}
-        return detail if groups["数字城管"]["inspections"] == 2 and groups["数字城管"]["mean"] == 500 else None
+        # Every source settled: the 明查 inspection's event may be consumed after the cases'.
+        return detail if (groups["数字城管"]["inspections"] == 2 and groups["数字城管"]["mean"] == 500
+                          and groups["暗访"]["inspections"] == 1 and groups["明查"]["inspections"] == 1) else None
 
-    detail = support.wait_until(settled, timeout=30, message="both cases in the 数字城管 source")
+    detail = support.wait_until(settled, timeout=30, message="both cases in the 数字城管 source, and both inspections")
     # By hand, on 1000 points: 暗访 100 → 1000, 明查 s → 10 s, cases (100 + 0) / 2 = 50 → 500.
     expected = 0.4 * 1000 + 0.5 * scores["announced"] * 10 + 0.1 * 500
     assert detail["score"] == pytest.approx(expected, abs=0.005)
