@@ -33,12 +33,15 @@ class TcpProxy:
         self._sockets: set = set()
         self._pumps: set = set()
         self._dropping_confirms = False
+        self._hanging = False
 
     @property
     def running(self) -> bool:
         return self._listener is not None
 
     def start(self) -> "TcpProxy":
+        if self._hanging:
+            self.stop()
         if self._listener is None:
             self._listener = eventlet.listen(("127.0.0.1", self.port), reuse_addr=True)
             self._acceptor = eventlet.spawn(self._accept, self._listener)
@@ -49,9 +52,20 @@ class TcpProxy:
         assert self.amqp, "only an AMQP proxy reads frames"
         self._dropping_confirms = True
 
+    def hang(self) -> "TcpProxy":
+        """Cut the open connections, then accept new ones and never answer on them (a wedged
+        server or a network black hole: the case a client only survives with a timeout of
+        its own). stop() or start() ends it."""
+        self.stop()
+        self._listener = eventlet.listen(("127.0.0.1", self.port), reuse_addr=True)
+        self._acceptor = eventlet.spawn(self._accept, self._listener)
+        self._hanging = True
+        return self
+
     def stop(self) -> None:
         """Refuse new connections and cut the open ones (as a dead server or network would)."""
         self._dropping_confirms = False
+        self._hanging = False
         listener, self._listener = self._listener, None
         if listener is not None:
             self._acceptor.kill()
@@ -78,6 +92,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._hanging:
+                self._sockets.add(client)  # held open, read by no one, until stop()
+                continue
             try:
                 server = eventlet.connect(self.upstream)
             except OSError:
