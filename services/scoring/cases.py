@@ -2,7 +2,8 @@
 
 Each `case_handled` becomes one score input of its source's kind (digital_city or
 citizen_report) for the responsible subject, in the periods of the case's report, with the
-points intake gave it (closed on time full marks, closed late half, overdue none). The
+points the subject's policy gives its outcome (`case_points`; shipped: closed on time full
+marks, closed late half, overdue none), fixed when the outcome arrives. The
 policy's source weights then treat it like any other input: the city scheme weighs the
 source's mean at 10 % beside 暗访 40 % and 明查 50 %, and the score's explanation lists the
 case by its id. A later event of the same case replaces its points only when they rise, so
@@ -27,17 +28,20 @@ def apply_case_handled(session: Session, ctx: ops.Context, event_id: str, event:
     row = session.get(ScoreInputRow, event.case_id)
     scorer = ops.Scorer(session, ctx, correlation_id=event.case_id)
     periods = domain.periods_of(event.reported_at)
+    subject = scorer.ensure_subject(sid, ref.node, ref.name, str(ref.subject_type))
+    # The points come from the subject's policy (case_points), not from the event: intake
+    # reports what happened, the office's scheme decides what it is worth.
+    points = domain.case_points(scorer.policy_for(subject)[1], event.outcome)
     if row is None:
-        scorer.ensure_subject(sid, ref.node, ref.name, str(ref.subject_type))
         if sid != ref.subject_id and session.get(SubjectAlias, ref.subject_id) is None:
             session.add(SubjectAlias(alias=ref.subject_id, subject_id=sid))
         session.add(ScoreInputRow(
             inspection_id=event.case_id, event_id=event_id, subject_id=sid, inspection_subject_id=ref.subject_id,
-            inspecting_node=event.receiving_node, kind=event.source, score=event.score, scale=event.scale,
+            inspecting_node=event.receiving_node, kind=event.source, score=points, scale=domain.CASE_SCALE,
             inspected_at=event.reported_at, inspectors=[], created_at=ops._now(),
             **{str(p.kind): p.key for p in periods}))
-    elif event.score * row.scale > row.score * event.scale:
-        row.score, row.scale, row.event_id = event.score, event.scale, event_id
+    elif points * row.scale > row.score * domain.CASE_SCALE:
+        row.score, row.scale, row.event_id = points, domain.CASE_SCALE, event_id
     else:
         return 0
     session.flush()

@@ -23,6 +23,7 @@ from services.contracts.periods import InvalidPeriod, Period, PeriodKind
 from services.contracts.vocab import InspectionKind
 
 POLICY_DIR = Path(__file__).parent / "policy_data"
+CASE_SCALE = 100  # case_points are percents of the scale
 SHIPPED_POLICIES = {"street": POLICY_DIR / "street.yaml", "city": POLICY_DIR / "city.yaml"}
 
 KIND_ORDER = {PeriodKind.week: 0, PeriodKind.month: 1, PeriodKind.quarter: 2, PeriodKind.half_year: 3,
@@ -128,6 +129,23 @@ class RollupRule(_PolicyModel):
         description="percent of a parent's score from its own inspections when it has both")
 
 
+class CasePoints(_PolicyModel):
+    """Points of one 数字城管 or citizen case by how it was handled, as a percent of the
+    scale: the mean over a subject's cases is then the source's figure. The shipped split
+    (100 / 50 / 0) makes it 50 % close-out rate (结案率) + 50 % on-time rate (按期处置率)."""
+    closed_on_time: float = Field(default=100, ge=0, le=100, description="closed within the deadline")
+    closed_late: float = Field(default=50, ge=0, le=100, description="closed after the deadline")
+    overdue: float = Field(default=0, ge=0, le=100, description="past its deadline and still open")
+
+    def of(self, outcome: str) -> float:
+        return float(getattr(self, outcome))
+
+
+def case_points(policy: "Policy", outcome: str) -> float:
+    """A case's points on a 100-point scale under `policy` (ScoreInput scales them)."""
+    return policy.case_points.of(outcome)
+
+
 class Policy(_PolicyModel):
     """A scoring policy (考评办法) as data; stored per node, versioned."""
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, json_schema_extra={"examples": [{
@@ -157,6 +175,7 @@ class Policy(_PolicyModel):
     ranking: RankingRule
     vetoes: VetoRule = Field(default_factory=VetoRule)
     rollup: RollupRule = Field(default_factory=RollupRule)
+    case_points: CasePoints = Field(default_factory=CasePoints)
     note: str | None = Field(default=None, max_length=2000)
 
 
@@ -182,6 +201,11 @@ def check_policy(policy: Policy, office_tier: Tier) -> Policy:
         if round(total, 6) != 100:
             raise ScoringRuleViolation("composite", f"routine_weight + appraisal_weight = {total:g} %; "
                                                     "they must total 100 %")
+    points = policy.case_points
+    if not points.closed_on_time >= points.closed_late >= points.overdue:
+        # A case only ever moves up (overdue, then closed late); points must follow, or a
+        # later close-out would lower the subject's figure.
+        raise ScoringRuleViolation("case_points", "closed_on_time ≥ closed_late ≥ overdue is required")
     names = [g.name for g in policy.grades]
     if len(set(names)) != len(names):
         raise ScoringRuleViolation("grades", "grade names must be unique")

@@ -59,6 +59,7 @@ def test_shipped_policies(street, city):
     ({"grades": [{"name": "优秀", "min": 90, "advanced": True}, {"name": "先进", "min": 0, "advanced": True}]},
      "grades"),
     ({"scale": 150}, "scale"),
+    ({"case_points": {"closed_on_time": 40, "closed_late": 50, "overdue": 0}}, "case_points"),
     ({"weights": {}}, "weights"),
     ({"rollup": {"combine": "weighted", "child_weights": {"41150200800X": 2}}}, "rollup.child_weights.41150200800X"),
 ])
@@ -67,6 +68,18 @@ def test_bad_policies_name_the_field(street, change, field):
     with pytest.raises(ScoringRuleViolation) as info:
         domain.parse_policy(document, Tier.street)
     assert info.value.field == field
+
+
+def test_case_points_come_from_the_policy(street, city):
+    # Shipped: closed on time full marks, closed late half, overdue none.
+    assert [domain.case_points(city, o) for o in ("closed_on_time", "closed_late", "overdue")] == [100, 50, 0]
+    assert domain.case_points(street, "closed_late") == 50  # the default where a policy is silent
+    stricter = domain.parse_policy({**city.model_dump(mode="json"),
+                                    "case_points": {"closed_on_time": 100, "closed_late": 30, "overdue": 0}}, Tier.city)
+    assert domain.case_points(stricter, "closed_late") == 30
+    with pytest.raises(ScoringRuleViolation) as info:
+        domain.parse_policy({**city.model_dump(mode="json"), "case_points": {"closed_on_time": 120}}, Tier.city)
+    assert (info.value.field, info.value.reason) == ("case_points.closed_on_time", "Input should be less than or equal to 100")
 
 
 def test_a_tier_above_the_office_need_not_be_ranked(street):
