@@ -127,6 +127,9 @@ class RollupRule(_PolicyModel):
     own_inspections_weight: float = Field(
         default=50, ge=0, le=100,
         description="percent of a parent's score from its own inspections when it has both")
+    stale_after_hours: float = Field(
+        default=48, gt=0, le=8760,
+        description="a child stack not heard from for longer marks the figures built from its reports stale")
 
 
 class CasePoints(_PolicyModel):

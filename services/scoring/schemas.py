@@ -141,6 +141,9 @@ class FigureOut(BaseModel):
     policy: PolicyRefOut
     revision: int
     computed_at: datetime
+    stale: bool = Field(default=False, description="built from a child stack's report, and that child has been "
+                                                   "silent longer than the policy's rollup.stale_after_hours")
+    stale_reason: str | None = Field(default=None, examples=["金牛山街道 (411502008000) 自 2026-11-20 16:00 起未上报"])
 
 
 class UnrankedOut(FigureOut):

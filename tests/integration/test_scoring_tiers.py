@@ -101,6 +101,54 @@ def test_a_parent_tiers_sample_counts_the_inspections_behind_a_childs_report(amq
         assert table["below_minimum_sample"] == []
 
 
+def test_a_silent_childs_figures_are_marked_stale_once_the_policy_allows_no_longer(amqp_uri, database_url, vhost,
+                                                                                   rabbit_admin):
+    """The street scheme allows a child 48 h of silence (rollup.stale_after_hours). 金牛山 last
+    reported three days ago, 老城 just now: only 金牛山's figure is marked, in the ranking,
+    the history and the explanation; a new report clears it."""
+    from datetime import datetime, timedelta, timezone
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+    from services.plumbing.db import make_engine
+    from services.scoring.models import ChildFreshness
+
+    config, api = start_stack(amqp_uri, database_url, SHIHE, CHILD_STACKS=[JINNIUSHAN, LAOCHENG])
+    with support.running_services(config, InspectionService, ScoringService):
+        queue = "evt-tier-score_published--scoring.on_child_score_published"
+        support.wait_until(lambda: rabbit_admin.queue(vhost, queue), message=f"queue {queue}")
+        report_from_child(amqp_uri, JINNIUSHAN, "金牛山街道", "2026-11", 90.0, inputs=4)
+        report_from_child(amqp_uri, LAOCHENG, "老城街道", "2026-11", 80.0, inputs=2)
+        table = support.wait_until(lambda: (lambda t: t if len(t["ranking"]) == 2 else None)(
+            ranking(api["scoring"], "2026-11", "street")), message="both reports scored")
+        assert [(r["node"], r["stale"], r["stale_reason"]) for r in table["ranking"]] == [
+            (JINNIUSHAN, False, None), (LAOCHENG, False, None)]
+
+        silent_since = datetime.now(timezone.utc) - timedelta(hours=72)
+        engine = make_engine(database_url)
+        try:
+            with Session(engine) as session, session.begin():
+                session.execute(update(ChildFreshness).where(ChildFreshness.child_node == JINNIUSHAN)
+                                .values(last_heard_at=silent_since))
+        finally:
+            engine.dispose()
+        local = silent_since.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M")
+        reason = f"金牛山街道 ({JINNIUSHAN}) 自 {local} 起未上报"
+        table = ranking(api["scoring"], "2026-11", "street")
+        assert [(r["node"], r["stale"], r["stale_reason"]) for r in table["ranking"]] == [
+            (JINNIUSHAN, True, reason), (LAOCHENG, False, None)]
+        subject_id = table["ranking"][0]["subject_id"]
+        explained = api["scoring"].get(f"/subjects/{subject_id}/scores/2026-11").json()
+        assert (explained["stale"], explained["stale_reason"]) == (True, reason)
+        history = api["scoring"].get(f"/subjects/{subject_id}/scores").json()
+        assert {(s["period"], s["stale"]) for s in history["scores"]} == {
+            (s["period"], True) for s in history["scores"]} and history["scores"]
+
+        report_from_child(amqp_uri, JINNIUSHAN, "金牛山街道", "2026-11", 92.0, inputs=5, revision=2)
+        table = support.wait_until(lambda: (lambda t: t if t["ranking"][0]["score"] == 92.0 else None)(
+            ranking(api["scoring"], "2026-11", "street")), message="金牛山 heard again")
+        assert [(r["node"], r["stale"]) for r in table["ranking"]] == [(JINNIUSHAN, False), (LAOCHENG, False)]
+
+
 def test_a_city_stack_runs_the_city_scheme_end_to_end(amqp_uri, database_url, event_tap):
     """市级考评办法: 1000 points; each month 暗访 40 %, 明查 50 % (数字城管 10 % absent here, so the
     others scale up to 100 %); a quarter is the mean of its months; ranked by quarter from 3

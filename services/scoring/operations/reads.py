@@ -1,7 +1,7 @@
 """Reading figures: rankings, a subject's history, a score's explanation."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -9,10 +9,34 @@ from sqlalchemy.orm import Session
 from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
 from services.scoring import domain
-from services.scoring.models import PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
-from services.scoring.operations.context import UNANNOUNCED, PrincipalLike, Context, require_in_stack, on_inspecting_side
+from services.contracts.periods import CST
+from services.scoring.models import ChildFreshness, PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
+from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLike, Context, require_in_stack,
+                                                 on_inspecting_side, _now)
 from services.scoring.operations.scorer import Scorer, resolve_subject, score_row, figure_out
 from services.scoring.operations.entries import recompute_out
+
+
+def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetime | None = None) -> list[dict]:
+    """Mark each figure of a child stack (its report is this tier's input for it) whose link
+    has been silent longer than the policy's `rollup.stale_after_hours`: a figure that may
+    no longer be true is shown as such, not as current (issue 12)."""
+    nodes = {f["node"] for f in figures}
+    heard = {r.child_node: r for r in session.execute(
+        select(ChildFreshness).where(ChildFreshness.child_node.in_(nodes))).scalars()} if nodes else {}
+    if not heard:
+        return figures
+    now, scorer = now or _now(), Scorer(session, ctx)
+    for figure in figures:
+        row = heard.get(figure["node"])
+        if row is None or figure["subject_type"] != CHILD:
+            continue  # not the child stack's own unit
+        _, policy = scorer.policy_for(session.get(Subject, figure["subject_id"]))
+        if now - row.last_heard_at > timedelta(hours=policy.rollup.stale_after_hours):
+            since = row.last_heard_at.astimezone(CST).strftime("%Y-%m-%d %H:%M")
+            figure["stale"] = True
+            figure["stale_reason"] = f"{row.name} ({row.child_node}) 自 {since} 起未上报"
+    return figures
 
 
 def ranking(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
@@ -54,7 +78,8 @@ def ranking(session: Session, ctx: Context, principal: PrincipalLike, period_key
                                    f"(样本不足)")
         unranked.append(out)
     return {"period": period.key, "period_kind": str(period.kind), "tier": tier, "subject_type": subject_type,
-            "scoring_node": ctx.home, "peers": peers, "ranking": ranked, "below_minimum_sample": unranked}
+            "scoring_node": ctx.home, "peers": peers, "ranking": mark_stale(session, ctx, ranked),
+            "below_minimum_sample": mark_stale(session, ctx, unranked)}
 
 
 def _readable_subject(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str) -> Subject:
@@ -74,7 +99,7 @@ def history(session: Session, ctx: Context, principal: PrincipalLike, subject_id
     order = {str(k): i for i, k in enumerate(domain.KIND_ORDER)}
     rows.sort(key=lambda r: (order[r.period_kind], r.period))
     return {"subject_id": subject.subject_id, "node": subject.node, "name": subject.name,
-            "subject_type": subject.subject_type, "tier": subject.tier, "scores": [figure_out(r) for r in rows]}
+            "subject_type": subject.subject_type, "tier": subject.tier, "scores": mark_stale(session, ctx, [figure_out(r) for r in rows])}
 
 
 def visible_inspections(session: Session, principal: PrincipalLike, entries: list[dict]) -> list[dict]:
@@ -120,7 +145,8 @@ def explain(session: Session, ctx: Context, principal: PrincipalLike, subject_id
         .order_by(RecomputeLog.created_at, RecomputeLog.id)).scalars()
     detail["recomputes"] = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in recompute_out(r).items()}
                             for r in logged]
-    return {**figure_out(row), "explain": detail}
+    [figure] = mark_stale(session, ctx, [figure_out(row)])
+    return {**figure, "explain": detail}
 
 
 __all__ = ['ranking', '_readable_subject', 'history', 'visible_inspections', 'explain']
