@@ -330,6 +330,7 @@ class Database(DependencyProvider):
         self.engine: Engine | None = None
         self.session_factory: sessionmaker | None = None
         self.workers: dict = {}
+        self.stopped = False
 
     def setup(self):
         quiet_outage_tracebacks()
@@ -389,6 +390,11 @@ class Database(DependencyProvider):
             except Exception as exc:
                 if unavailable_dependency(exc) != "database":
                     raise
+                # A container stopped or killed while it waits (an orchestrator giving up,
+                # a runner shut down) must not leave this loop polling forever.
+                if self.stopped:
+                    raise RuntimeError(f"{self.container.service_name} stopped while waiting for its "
+                                       f"database") from exc
                 outage.failed(exc)
                 time.sleep(pause)  # green under nameko's monkey patching
                 pause = min(pause * 2, max_pause)
@@ -397,6 +403,7 @@ class Database(DependencyProvider):
             return result
 
     def stop(self):
+        self.stopped = True
         _PROVIDERS.pop(id(self), None)
         if self.engine is not None:
             self.engine.dispose()

@@ -50,3 +50,25 @@ def test_a_provider_whose_container_is_gone_is_dropped(monkeypatch):
     monkeypatch.setattr(db, "_PROVIDERS", {1: orphan, 2: running})
     assert db.running_engines() == {"inspection": running.engine}
     assert list(db._PROVIDERS) == [2]
+
+
+def test_a_provider_waiting_for_its_database_gives_up_once_stopped(monkeypatch):
+    """A container stopped while its database is still unreachable at start (its runner shut
+    down, its database dropped) must not leave a loop retrying in the process for ever."""
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(db.time, "sleep", lambda s: None)
+    database = db.Database()
+    database.container = SimpleNamespace(service_name="probe", started=False, _died=Event())
+    attempts = []
+
+    def unreachable():
+        attempts.append(1)
+        if len(attempts) == 3:
+            database.stop()  # as the runner does from another green thread
+        raise OperationalError("SELECT 1", {}, Exception('database "gone" does not exist'))
+
+    with pytest.raises(RuntimeError, match="probe stopped while waiting for its database"):
+        database._until_reachable(unreachable)
+    assert len(attempts) == 3
