@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from kombu import Connection
 
@@ -38,6 +39,23 @@ def _body(message):
     except (ValueError, TypeError):
         raw = message.body
         return {"undecodable": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)}
+
+
+def count_dead_letters(amqp_uri: str, service: str) -> int:
+    """How many messages wait in the service's dead-letter queue (none fetched)."""
+    with Connection(amqp_uri, connect_timeout=5) as conn:
+        return conn.default_channel.queue_declare(dead_letter_queue_name(service), passive=True).message_count
+
+
+def _until_returned(channel, queue: str, held: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the broker counts the peeked messages as ready again.
+
+    A quorum queue applies a requeue through its replicated log, after basic.reject has
+    returned: a peek that follows at once could see only the part already applied, and a
+    caller polling the list would never see it whole."""
+    deadline = time.monotonic() + timeout
+    while channel.queue_declare(queue, passive=True).message_count < held and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def list_dead_letters(amqp_uri: str, service: str, limit: int | None = None) -> list[dict]:
@@ -64,6 +82,8 @@ def list_dead_letters(amqp_uri: str, service: str, limit: int | None = None) -> 
                         "body": body})
         for message in held:
             channel.basic_reject(message.delivery_tag, requeue=True)
+        if held:
+            _until_returned(channel, dead_letter_queue_name(service), len(held))
         channel.close()
     return out
 

@@ -37,7 +37,7 @@ from sqlalchemy import create_engine, func, select
 from services.inspection import models as inspection_models
 from services.scoring import models as scoring_models
 from services.tools import federation, reconcile
-from services.tools.dead_letters import list_dead_letters
+from services.tools.dead_letters import count_dead_letters, list_dead_letters
 from tests import support
 from tests.nodes import PostgresCluster, RabbitNode, service_permissions
 
@@ -313,9 +313,19 @@ def test_the_stack_loses_and_doubles_nothing_through_an_operators_worst_week(wor
         report = settle(world, "poison + forged events", time.monotonic())
         assert forged_id not in report.scored_unknown
         for service in ("scoring", "tasks"):
-            letters = support.wait_until(
-                lambda: (lambda d: d if len(d) >= 3 else None)(list_dead_letters(broker.amqp_uri, service)),
-                timeout=90, message=f"{service}'s three dead letters")
+            # Counted without fetching, then peeked once: polling by peeking would fetch and
+            # requeue the first letters many times over while the last one is on its way.
+            waiting = {}
+            try:
+                support.wait_until(lambda: waiting.update(n=count_dead_letters(broker.amqp_uri, service))
+                                   or waiting["n"] >= 3, timeout=90, interval=0.5,
+                                   message=f"{service}'s three dead letters")
+            except AssertionError as exc:
+                log = (processes[service].log_dir / f"{service}.log").read_text(errors="replace")
+                lines = [line for line in log.splitlines() if "dead-letter" in line]
+                raise AssertionError(f"{exc}: {waiting.get('n')} waiting; {service}'s log on "
+                                     f"dead-lettering:\n" + "\n".join(lines[-20:])) from None
+            letters = list_dead_letters(broker.amqp_uri, service)
             reasons = sorted(d["reason"].split(":")[0] for d in letters)
             assert reasons == ["refused producer", "refused producer", "undecodable message (content type "
                                                                          "'application/json', encoding 'utf-8')"], letters
