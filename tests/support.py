@@ -330,6 +330,9 @@ def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **
         "serializer": "json",
         "DB_POOL_SIZE": 3,
         "DB_MAX_OVERFLOW": 5,
+        # Off unless a test turns it on: a heartbeat is an event no figure caused, and tests
+        # count the events their inputs publish.
+        "SCORING_HEARTBEAT_SECONDS": 0,
         **auth_config(),
     }
     config.update(extra)

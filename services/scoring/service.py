@@ -139,6 +139,18 @@ class ScoringService(operator_endpoints.OperatorEndpoints):
                                  lambda session, events: ops.apply_child_reports(
                                      session, self._ctx(), [(e.occurred_at, p) for e, p in events]))
 
+    @reliable_event_handler("tier", "stack_heartbeat", exchange=CHILDREN_EXCHANGE, routing_key="stack_heartbeat.#")
+    def on_child_stack_heartbeat(self, body):
+        # Not under the scoring lock: it changes no figure, only when the child was last heard from.
+        return apply_once(self.db, processed_events, body, "stack_heartbeat", "scoring.on_child_stack_heartbeat",
+                          lambda session, envelope, payload: ops.apply_child_heartbeat(
+                              session, self._ctx(), envelope.occurred_at, payload))
+
+    @ConfigurableTimer.decorator("SCORING_HEARTBEAT_SECONDS", 300)
+    def send_heartbeat(self):
+        with self.db.transaction() as session:
+            ops.send_heartbeat(session, self._ctx())
+
     @api("GET", "/children/freshness", response=list[FreshnessOut], access=OFFICE,
          summary="下级上报时效 When this tier last heard from each child stack")
     def get_child_freshness(self, request, principal):

@@ -38,14 +38,15 @@ class TierStack:
 
 @pytest.fixture
 def tier_chain(infrastructure, make_database):
-    """Start stacks for tiers given as (node, name, parent, child_stacks); yields {node: TierStack}."""
+    """Start stacks for tiers given as (node, name, parent, child_stacks), with `extra` config
+    for every stack; yields {node: TierStack}."""
     run = uuid.uuid4().hex[:6]
     amqp = infrastructure["amqp_uri"]
     host = amqp.split("@", 1)[1].split("/", 1)[0]
     with ExitStack() as stack:
         state = {}
 
-        def start(tiers):
+        def start(tiers, **extra):
             config = federation.TierConfig(
                 management_api=infrastructure["rabbit_api"], amqp_host=host,
                 tiers=[{"node": node, "name": name, "vhost": f"t{run}-{node}", "parent": parent}
@@ -66,7 +67,7 @@ def tier_chain(infrastructure, make_database):
                     CHILD_STACKS=list(children), TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street",
                     # No more workers than pooled connections (3 + 5, less the relay's and the
                     # pruner's): on a loaded machine more would queue 30 s for a connection and fail.
-                    max_workers=5)
+                    max_workers=5, **extra)
                 stack.enter_context(support.running_services(service_config, InspectionService, ScoringService,
                                                              TasksService))
                 tier.apis = {svc: support.ApiClient(f"http://127.0.0.1:{port}") for svc, port in ports.items()}

@@ -100,3 +100,17 @@ class RankingPublished(Payload):
     peers: int = Field(ge=0, description="ranked subjects in the group")
     changes: list[RankChange]
     computed_at: AwareDatetime
+
+
+@event_payload("stack_heartbeat", 1)
+class StackHeartbeat(Payload):
+    """A tier's stack is up and its link to the parent works, whether or not any figure
+    changed: a parent tells a quiet child (nothing inspected lately, figures current) from
+    a silent one (link down, figures possibly out of date and marked stale, issue 12).
+
+    Sent every SCORING_HEARTBEAT_SECONDS by each running scoring instance; a parent only
+    notes when it last heard from the node, so repeats and duplicates do no harm.
+    """
+    node: NodeCode = Field(description="the stack's home node")
+    name: str = Field(examples=["金牛山街道"])
+    sent_at: AwareDatetime

@@ -7,10 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.contracts.events import InvalidEvent
-from services.contracts.events.scoring import ScorePublished, ScorePublishedV2
+from services.contracts.events.scoring import ScorePublished, ScorePublishedV2, StackHeartbeat
 from services.contracts.identity import OFFICE_ROLES
 from services.contracts.nodes import is_within
 from services.contracts.periods import Period, PeriodKind
+from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_key
 from services.scoring import domain, metrics
 from services.scoring.models import ChildFreshness, Subject
 from services.scoring.operations.context import CHILD, PrincipalLike, Context, _now, lock_scoring
@@ -59,21 +60,43 @@ def apply_child_report(session: Session, ctx: Context, envelope_occurred_at: dat
         return False  # only a tier's own aggregate travels up; anything else is not for us
     if child == ctx.home or not is_within(child, ctx.home):
         raise InvalidEvent(f"score of {child} is not from a child of this tier ({ctx.home})")
-    now = now or _now()
-    fresh = session.get(ChildFreshness, child)
-    if fresh is None:
-        fresh = ChildFreshness(child_node=child, name=event.subject.name, events=0, last_event_type="")
-        session.add(fresh)
-    fresh.name, fresh.last_heard_at = event.subject.name, now
-    fresh.last_event_at, fresh.last_event_type = envelope_occurred_at, "score_published"
-    fresh.events = (fresh.events or 0) + 1
-    metrics.CHILD_LAST_HEARD.labels(child).set(now.timestamp())
+    _heard_from(session, child, event.subject.name, envelope_occurred_at, "score_published", now)
     period = Period(PeriodKind(event.period_kind), event.period)
     # Stored as the child's own input (parent = child): the child's subtree as it reports it,
     # blended with this tier's own inspections of the child by the policy's roll-up rule.
     return apply_child_score(session, ctx, child, child, event.subject.name, period, event.score, event.scale,
                              event.inputs, source=f"{domain.REPORT_SOURCE}{child}", revision=event.revision,
                              correlation_id=str(event.subject.node), scorer=scorer)
+
+
+def _heard_from(session: Session, child: str, name: str, occurred_at: datetime, event_type: str,
+                now: datetime | None) -> None:
+    now = now or _now()
+    fresh = session.get(ChildFreshness, child)
+    if fresh is None:
+        fresh = ChildFreshness(child_node=child, name=name, events=0, last_event_type="")
+        session.add(fresh)
+    fresh.name, fresh.last_heard_at = name, now
+    fresh.last_event_at, fresh.last_event_type = occurred_at, event_type
+    fresh.events = (fresh.events or 0) + 1
+    metrics.CHILD_LAST_HEARD.labels(child).set(now.timestamp())
+
+
+def send_heartbeat(session: Session, ctx: Context, now: datetime | None = None) -> None:
+    """Tell the parent tier (over federation) that this stack is up and its link works, so
+    that a quiet stack's figures are not taken for stale ones."""
+    ctx.outbox.add(session, StackHeartbeat(node=ctx.home, name=ctx.name_of(ctx.home), sent_at=now or _now()),
+                   exchange=UP_EXCHANGE, routing_key=tier_routing_key("stack_heartbeat", ctx.home))
+
+
+def apply_child_heartbeat(session: Session, ctx: Context, envelope_occurred_at: datetime, event: StackHeartbeat,
+                          now: datetime | None = None) -> bool:
+    """A child stack's heartbeat: only when this tier last heard from it changes."""
+    child = event.node
+    if child == ctx.home or not is_within(child, ctx.home):
+        raise InvalidEvent(f"heartbeat of {child} is not from a child of this tier ({ctx.home})")
+    _heard_from(session, child, event.name, envelope_occurred_at, "stack_heartbeat", now)
+    return True
 
 
 def child_freshness(session: Session, ctx: Context, principal: PrincipalLike | None = None,
@@ -98,4 +121,5 @@ def child_freshness(session: Session, ctx: Context, principal: PrincipalLike | N
     return out
 
 
-__all__ = ['apply_child_score', 'apply_child_report', 'apply_child_reports', 'child_freshness']
+__all__ = ['apply_child_score', 'apply_child_report', 'apply_child_reports', 'child_freshness', 'send_heartbeat',
+           'apply_child_heartbeat']
