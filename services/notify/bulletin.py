@@ -33,6 +33,9 @@ class ScoreFact:
     veto_reasons: tuple[str, ...] = ()
     inputs: int = 0
     subject_type: str = CHILD_UNIT
+    # Why the figure may no longer be true: the child stack behind it has been silent longer
+    # than the policy allows (child_freshness_changed); None when it is current.
+    stale_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class RankingEntry:
     movement_text: str
     vetoed: bool
     inputs: int
+    stale_reason: str | None = None
 
 
 @dataclass
@@ -125,6 +129,8 @@ class BulletinData:
     commended: list[dict] = field(default_factory=list)
     criticised: list[dict] = field(default_factory=list)
     vetoed: list[dict] = field(default_factory=list)
+    # Figures shown as last reported: their child stack has been silent too long (issue 12).
+    stale: list[dict] = field(default_factory=list)
     overdue_tasks: list[dict] = field(default_factory=list)
     relapsed_tasks: list[dict] = field(default_factory=list)
     top_categories: list[dict] = field(default_factory=list)
@@ -185,7 +191,8 @@ def assemble_bulletin(period_key: str, node: str, node_name: str, scores: Iterab
             before = prev_rank.get(s.subject_id)
             movement = s.movement if s.movement is not None else (before - s.rank if before is not None else None)
             out.append(RankingEntry(position, s.rank, s.subject_id, s.name, s.node, s.score, s.scale, s.grade,
-                                    before, movement, movement_text(movement), s.vetoed, s.inputs))
+                                    before, movement, movement_text(movement), s.vetoed, s.inputs,
+                                    s.stale_reason))
         return out
 
     data.ranking = entries(peers)
@@ -199,6 +206,9 @@ def assemble_bulletin(period_key: str, node: str, node_name: str, scores: Iterab
     data.unranked = [{"subject_id": s.subject_id, "name": s.name, "score": s.score, "inputs": s.inputs,
                       "note": "样本不足，不参加排名" if s.score is not None else "本月无检查记录"}
                      for s in sorted(scores, key=lambda s: s.name) if not (s.ranked and s.rank is not None)]
+
+    data.stale = [{"subject_id": s.subject_id, "name": s.name, "node": s.node, "reason": s.stale_reason}
+                  for s in sorted(scores, key=lambda s: s.name) if s.stale_reason]
 
     # Veto (一票否决): never commended, always criticised, whatever the score.
     data.vetoed = [{"subject_id": s.subject_id, "name": s.name, "reasons": list(s.veto_reasons)}

@@ -182,6 +182,19 @@ class IndicatorRow(Base):
     revision: Mapped[int] = mapped_column(Integer)
 
 
+class ChildStalenessRow(Base):
+    """Whether a child stack's figures are stale (silent longer than the policy allows), as
+    this tier's scoring last published it (child_freshness_changed): the bulletin marks them."""
+    __tablename__ = "notify_child_staleness"
+
+    child_node: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    stale: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    last_heard_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class TaskRow(Base):
     """What the notify service knows of a rectification task from the task events."""
     __tablename__ = "notify_tasks"

@@ -147,7 +147,8 @@ def render_bulletin_pdf(b: dict, office: str | None = None, revision: int | None
         for r in ranking:
             movement = r.get("movement")
             style = up if movement and movement > 0 else down if movement and movement < 0 else same
-            rows.append([r["rank"], r["name"] + ("（一票否决）" if r.get("vetoed") else ""), score(r.get("score")),
+            rows.append([r["rank"], r["name"] + ("（一票否决）" if r.get("vetoed") else "")
+                         + ("（数据未更新）" if r.get("stale_reason") else ""), score(r.get("score")),
                          r.get("grade") or "", _p(r.get("movement_text") or "", style)])
         story.append(_table(["名次", "单位", "得分", "等级", "较上月"], rows,
                             [16 * mm, 74 * mm, 24 * mm, 24 * mm, 24 * mm], st,
@@ -164,6 +165,10 @@ def render_bulletin_pdf(b: dict, office: str | None = None, revision: int | None
     if unranked:
         story += [Spacer(1, 2 * mm), _p("未参加排名：" + "；".join(f"{u['name']}（{u['note']}）" for u in unranked),
                                         st["body"])]
+    stale = b.get("stale") or []
+    if stale:
+        story += [Spacer(1, 2 * mm), _p("数据未更新（以下单位的得分为其最后一次上报）：" + "；".join(s["reason"] for s in stale)
+                                        + "。", st["body"])]
 
     # 二、三、四
     story.append(_p("二、通报表扬", st["h2"]))

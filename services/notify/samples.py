@@ -33,7 +33,8 @@ def _payload(event_type: str) -> dict:
 def _bulletin() -> dict:
     deadline = datetime(2026, 11, 10, 10, tzinfo=timezone.utc)
     scores = [ScoreFact("s1", "周家山社区", "411502008001", 95.5, 100, 1, True, 2, "优秀"),
-              ScoreFact("s2", "五星社区", "411502008002", 80, 100, 2, True, -1, "良好", True, ("被媒体曝光",), 4),
+              ScoreFact("s2", "五星社区", "411502008002", 80, 100, 2, True, -1, "良好", True, ("被媒体曝光",), 4,
+                        stale_reason="五星社区 (411502008002) 自 2026-11-20 16:00 起未上报"),
               ScoreFact("s3", "新华社区", "411502008003", None, 100, None, False, inputs=1)]
     previous = [ScoreFact("s1", "周家山社区", "411502008001", 90, 100, 3, True),
                 ScoreFact("s2", "五星社区", "411502008002", 92, 100, 1, True)]

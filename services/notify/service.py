@@ -140,6 +140,10 @@ class NotifyService(operator_endpoints.OperatorEndpoints):
     def on_ranking_published(self, body):
         return self._consume(body, "ranking_published", ops.apply_ranking_published)
 
+    @reliable_event_handler("scoring", "child_freshness_changed")
+    def on_child_freshness_changed(self, body):
+        return self._consume(body, "child_freshness_changed", ops.apply_child_freshness_changed)
+
     @reliable_event_handler("inspection", "inspection_submitted")
     def on_inspection_submitted(self, body):
         return self._consume(body, "inspection_submitted", ops.apply_inspection_submitted)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.plumbing.idempotency import make_processed_events_table
@@ -239,6 +239,9 @@ class ChildFreshness(Base):
     last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_event_type: Mapped[str] = mapped_column(String(64))
     events: Mapped[int] = mapped_column(Integer, default=0)
+    # Whether the figures built from its reports were last published as stale
+    # (child_freshness_changed), so that a change is published once.
+    stale: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class Approval(Base):

@@ -158,6 +158,10 @@ class ScoringService(operator_endpoints.OperatorEndpoints):
 
     @ConfigurableTimer.decorator("SCORING_FRESHNESS_SECONDS", 60)
     def refresh_child_freshness(self):
+        # A child silent past the policy's limit is published as such (the bulletin marks its
+        # figures), and one heard again as current.
+        with self.db.transaction() as session:
+            ops.publish_staleness_changes(session, self._ctx())
         # The gauge behind the silent-child alert lives in memory: after a restart it must come
         # back from the stored last-heard times, not wait for a child that may stay silent.
         ops.child_freshness(self.db.session, self._ctx(), expected=self.identity.child_stacks)

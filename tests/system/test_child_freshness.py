@@ -2,8 +2,9 @@
 (`stack_heartbeat`, every SCORING_HEARTBEAT_SECONDS) whether or not any figure changed, so
 its figures stay current at the parent; once its link is cut the heartbeats stop, and past
 the policy's `rollup.stale_after_hours` the parent marks the figures built from it stale
-until the link carries a heartbeat again. Two stacks, one federation link, the real broker
-and PostgreSQL."""
+until the link carries a heartbeat again; the district's scoring publishes each change
+(`child_freshness_changed`) and its monthly bulletin marks the figure. Two stacks, one
+federation link, the real broker and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -12,11 +13,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from services.notify.service import NotifyService
 from services.plumbing.db import make_engine
 from services.scoring.models import ChildFreshness
 from services.tools import federation
 from tests import support
-from tests.system.test_tiers import JINNIUSHAN, MONTH, SHIHE, ZHOUJIASHAN, inspect, ranking, settle, subject
+from tests.system.test_tiers import JINNIUSHAN, MONTH, SHIHE, XIANGTANG, ZHOUJIASHAN, inspect, ranking, settle, subject
 
 pytestmark = pytest.mark.system
 
@@ -48,18 +50,43 @@ def rewind_last_heard(database_url: str, when: datetime) -> None:
         engine.dispose()
 
 
-def test_a_quiet_child_is_kept_fresh_by_its_heartbeat_and_a_cut_link_marks_its_figures_stale(tier_chain):
-    config, stacks = tier_chain(TIERS, SCORING_HEARTBEAT_SECONDS=0.5)
+def staleness_published(database_url: str) -> list[tuple[bool, str | None]]:
+    return [(row[0] == "true", row[1]) for row in support.scalar_rows(
+        database_url, "select body -> 'payload' ->> 'stale', body -> 'payload' ->> 'reason' from scoring_outbox "
+                      "where event_type = 'child_freshness_changed' order by id")]
+
+
+def bulletin(notify) -> dict:
+    response = notify.post("/bulletins", {"period": MONTH, "notify": False})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_a_quiet_child_is_kept_fresh_by_its_heartbeat_and_a_cut_link_marks_its_figures_stale(
+        tier_chain, infrastructure):
+    config, stacks = tier_chain(TIERS, SCORING_HEARTBEAT_SECONDS=0.5, SCORING_FRESHNESS_SECONDS=0.5)
     district, street = stacks[SHIHE], stacks[JINNIUSHAN]
+    port = support.free_port()
+    notify_config = support.base_config(support.with_vhost(infrastructure["amqp_uri"], district.vhost),
+                                        district.database_url, node=SHIHE, NOTIFY_BULLETIN_SCHEDULE="false",
+                                        WEB_ADDRESSES={"notify": f"127.0.0.1:{port}"}, max_workers=3)
+    with support.running_services(notify_config, NotifyService):
+        run(config, district, street, support.ApiClient(f"http://127.0.0.1:{port}"))
+
+
+def run(config, district, street, notify):
 
     # Before anything is inspected the street has no figure to report, but it is heard from.
     settle(lambda: freshness(district).get(JINNIUSHAN, {}).get("last_event_type") == "stack_heartbeat",
            "the district hears the street's heartbeat")
 
     zhou = subject(street.inspection, ZHOUJIASHAN, "周家山社区")
-    inspect(street.inspection, zhou, 90, 3)
-    inspect(street.inspection, zhou, 92, 10)                # the street: 91, from two inspections
-    row = settle(lambda: (lambda r: r if r and r["score"] == 91.0 else None)(street_row(district)),
+    xiang = subject(street.inspection, XIANGTANG, "飨堂社区")
+    for subject_id, first, second in ((zhou, 90, 92), (xiang, 88, 86)):
+        inspect(street.inspection, subject_id, first, 3)
+        inspect(street.inspection, subject_id, second, 10)
+    # The street: mean(周家山 91, 飨堂 87) = 89, from two communities: ranked at the district.
+    row = settle(lambda: (lambda r: r if r and r["score"] == 89.0 and r["ranked"] else None)(street_row(district)),
                  "the district has the street's figure")
     assert (row["stale"], row["stale_reason"]) == (False, None)
     # The street goes quiet (nothing more inspected); its heartbeats keep the figure current.
@@ -80,12 +107,26 @@ def test_a_quiet_child_is_kept_fresh_by_its_heartbeat_and_a_cut_link_marks_its_f
     row = settle(stale_after_rewind, "the street's figure marked stale")
     local = silent_since.astimezone(timezone(timedelta(hours=8))).strftime("%Y-%m-%d %H:%M")
     assert row["stale_reason"] == f"金牛山街道 ({JINNIUSHAN}) 自 {local} 起未上报"
-    assert row["score"] == 91.0                             # still shown, as what it was
+    assert row["score"] == 89.0                             # still shown, as what it was
+    # Published once as stale; the bulletin marks the row and says why.
+    settle(lambda: staleness_published(district.database_url)[-1:] == [(True, row["stale_reason"])],
+           "the district's scoring published the street as stale")
+    made = settle(lambda: (lambda b: b if b["data"]["stale"] else None)(bulletin(notify)),
+                  "the bulletin knows the street is stale")
+    assert [(r["node"], r["score"], r["stale_reason"]) for r in made["data"]["ranking"]] == [
+        (JINNIUSHAN, 89.0, row["stale_reason"])]
+    markdown = notify.get(f"/bulletins/{made['bulletin_id']}/markdown").text
+    assert "金牛山街道（数据未更新）" in markdown and row["stale_reason"] in markdown
 
     federation.set_upward_link(config, JINNIUSHAN, enabled=True)
     row = settle(lambda: (lambda r: r if not r["stale"] else None)(street_row(district)),
                  "the street heard again once the link is back")
-    assert (row["score"], row["stale_reason"]) == (91.0, None)   # no new figure: a heartbeat cleared it
+    assert (row["score"], row["stale_reason"]) == (89.0, None)   # no new figure: a heartbeat cleared it
     heard = freshness(district)[JINNIUSHAN]
     assert heard["last_event_type"] == "stack_heartbeat"
     assert datetime.fromisoformat(heard["last_heard_at"]) > silent_since + timedelta(hours=71)
+    settle(lambda: staleness_published(district.database_url)[-1:] == [(False, None)],
+           "the district's scoring published the street as current again")
+    made = settle(lambda: (lambda b: b if not b["data"]["stale"] else None)(bulletin(notify)),
+                  "the bulletin no longer marks the street")
+    assert [(r["node"], r["stale_reason"]) for r in made["data"]["ranking"]] == [(JINNIUSHAN, None)]

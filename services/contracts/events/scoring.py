@@ -114,3 +114,21 @@ class StackHeartbeat(Payload):
     node: NodeCode = Field(description="the stack's home node")
     name: str = Field(examples=["金牛山街道"])
     sent_at: AwareDatetime
+
+
+@event_payload("child_freshness_changed", 1)
+class ChildFreshnessChanged(Payload):
+    """A child stack has been silent longer than the policy allows (`stale`: the figures
+    built from its reports may no longer be true), or was heard from again after that.
+
+    Published by the tier's own scoring on its local exchange, once per change; notify
+    marks the child's rows in the monthly bulletin (issue 12). A consumer keeps, per child,
+    the change with the latest `changed_at`.
+    """
+    child: NodeCode
+    name: str = Field(examples=["金牛山街道"])
+    stale: bool
+    reason: str | None = Field(default=None, examples=["金牛山街道 (411502008000) 自 2026-11-20 16:00 起未上报"])
+    last_heard_at: AwareDatetime
+    stale_after_hours: float = Field(gt=0)
+    changed_at: AwareDatetime

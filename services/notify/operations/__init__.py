@@ -16,7 +16,8 @@ from services.notify.operations.notices import (  # noqa: F401
     notify)
 from services.notify.operations.events import (  # noqa: F401
     apply_task_event, apply_coordination_requested, apply_score_published, apply_ranking_published, subject_view,
-    apply_inspection_submitted, apply_inspection_released, apply_check_missed, apply_indicator)
+    apply_inspection_submitted, apply_inspection_released, apply_check_missed, apply_indicator,
+    apply_child_freshness_changed)
 from services.notify.operations.deliveries import (  # noqa: F401
     DeliveryJob, claim_due, record_attempt, list_dead_letters, replay_dead_letter)
 from services.notify.operations.inbox import (  # noqa: F401

@@ -11,10 +11,10 @@ from services.plumbing.sql import advisory_xact_lock
 from services.contracts.errors import UnknownReference
 from services.contracts.periods import CST, InvalidPeriod, Period, PeriodKind
 from services.notify import metrics
-from services.notify.bulletin import IndicatorFact, ScoreFact, TaskFact, assemble_bulletin, period_window
+from services.notify.bulletin import CHILD_UNIT, IndicatorFact, ScoreFact, TaskFact, assemble_bulletin, period_window
 from services.notify.bulletin import public_board as public_board_data
 from services.notify.domain import NotifyRuleViolation
-from services.notify.models import Bulletin, IndicatorRow, MissedCheckRow, ScoreRow, TaskRow
+from services.notify.models import Bulletin, ChildStalenessRow, IndicatorRow, MissedCheckRow, ScoreRow, TaskRow
 from services.notify.schemas import BoardOut, BulletinOut, NewsletterIn
 from services.contracts.identity import ADMINISTRATOR, Principal
 from services.notify.operations.common import NotifyContext, _now, node_chain
@@ -34,8 +34,11 @@ def bulletin_out(b: Bulletin, with_data: bool = False) -> BulletinOut:
 def _score_facts(session: Session, node: str, period: str) -> list[ScoreFact]:
     rows = session.execute(select(ScoreRow).where(ScoreRow.scoring_node == node, ScoreRow.period_kind == "month",
                                                   ScoreRow.period == period)).scalars()
+    stale = dict(session.execute(select(ChildStalenessRow.child_node, ChildStalenessRow.reason)
+                                 .where(ChildStalenessRow.stale.is_(True))).all())
     return [ScoreFact(r.subject_id, r.subject_name, r.subject_node, r.score, r.scale, r.rank, r.ranked, r.movement,
-                      r.grade, r.vetoed, tuple(r.veto_reasons or ()), r.inputs, r.subject_type) for r in rows]
+                      r.grade, r.vetoed, tuple(r.veto_reasons or ()), r.inputs, r.subject_type,
+                      stale.get(r.subject_node) if r.subject_type == CHILD_UNIT else None) for r in rows]
 
 
 def _task_facts_for(session: Session, start: datetime, end: datetime) -> list[TaskFact]:

@@ -12,10 +12,10 @@ from services.plumbing.sql import advisory_xact_lock
 from services.contracts.events import EventEnvelope
 from services.contracts.events.indicators import SatisfactionPublished, VectorVerdictPublished
 from services.contracts.events.inspection import CheckMissed, InspectionReleased, InspectionSubmitted
-from services.contracts.events.scoring import RankingPublished, ScorePublished, ScorePublishedV2
+from services.contracts.events.scoring import ChildFreshnessChanged, RankingPublished, ScorePublished, ScorePublishedV2
 from services.contracts.events.tasks import (CoordinationRequested, TaskClosed, TaskEscalated, TaskOpened,
                                              TaskOverdue, TaskRef, TaskRelapsed, TaskStatusChanged)
-from services.notify.models import (IndicatorRow, InspectionRelease, InspectionRow, MissedCheckRow, Notification, ScoreRow,
+from services.notify.models import (ChildStalenessRow, IndicatorRow, InspectionRelease, InspectionRow, MissedCheckRow, Notification, ScoreRow,
                                    TaskRow)
 from services.notify.operations.common import NotifyContext
 from services.notify.operations.notices import notify
@@ -204,6 +204,20 @@ def apply_ranking_published(session: Session, ctx: NotifyContext, envelope: Even
         session.flush()
         out.extend(_notify_score(session, ctx, envelope, row, _figure(row, payload.scoring_node), now))
     return out
+
+
+def apply_child_freshness_changed(session: Session, ctx: NotifyContext, envelope: EventEnvelope,
+                                  payload: ChildFreshnessChanged) -> None:
+    """Keep, per child stack, the latest change of its staleness (a late, older one is ignored)."""
+    row = session.get(ChildStalenessRow, payload.child, with_for_update=True)
+    if row is not None and row.changed_at >= payload.changed_at:
+        return
+    if row is None:
+        row = ChildStalenessRow(child_node=payload.child)
+        session.add(row)
+    row.name, row.stale, row.reason = payload.name, payload.stale, payload.reason
+    row.last_heard_at, row.changed_at = payload.last_heard_at, payload.changed_at
+    session.flush()
 
 
 def apply_indicator(session: Session, ctx: NotifyContext, envelope: EventEnvelope,

@@ -1,16 +1,16 @@
 """Child tiers: their reported aggregates as this tier's inputs, and when each was last heard from."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.contracts.events import InvalidEvent
-from services.contracts.events.scoring import ScorePublished, ScorePublishedV2, StackHeartbeat
+from services.contracts.events.scoring import ChildFreshnessChanged, ScorePublished, ScorePublishedV2, StackHeartbeat
 from services.contracts.identity import OFFICE_ROLES
 from services.contracts.nodes import is_within
-from services.contracts.periods import Period, PeriodKind
+from services.contracts.periods import CST, Period, PeriodKind
 from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_key
 from services.scoring import domain, metrics
 from services.scoring.models import ChildFreshness, Subject
@@ -60,7 +60,7 @@ def apply_child_report(session: Session, ctx: Context, envelope_occurred_at: dat
         return False  # only a tier's own aggregate travels up; anything else is not for us
     if child == ctx.home or not is_within(child, ctx.home):
         raise InvalidEvent(f"score of {child} is not from a child of this tier ({ctx.home})")
-    _heard_from(session, child, event.subject.name, envelope_occurred_at, "score_published", now)
+    _heard_from(session, ctx, child, event.subject.name, envelope_occurred_at, "score_published", now)
     period = Period(PeriodKind(event.period_kind), event.period)
     # Stored as the child's own input (parent = child): the child's subtree as it reports it,
     # blended with this tier's own inspections of the child by the policy's roll-up rule.
@@ -69,17 +69,59 @@ def apply_child_report(session: Session, ctx: Context, envelope_occurred_at: dat
                              correlation_id=str(event.subject.node), scorer=scorer)
 
 
-def _heard_from(session: Session, child: str, name: str, occurred_at: datetime, event_type: str,
+def _heard_from(session: Session, ctx: Context, child: str, name: str, occurred_at: datetime, event_type: str,
                 now: datetime | None) -> None:
     now = now or _now()
     fresh = session.get(ChildFreshness, child)
     if fresh is None:
-        fresh = ChildFreshness(child_node=child, name=name, events=0, last_event_type="")
+        fresh = ChildFreshness(child_node=child, name=name, events=0, last_event_type="", stale=False)
         session.add(fresh)
     fresh.name, fresh.last_heard_at = name, now
     fresh.last_event_at, fresh.last_event_type = occurred_at, event_type
     fresh.events = (fresh.events or 0) + 1
     metrics.CHILD_LAST_HEARD.labels(child).set(now.timestamp())
+    if fresh.stale:  # heard again: its figures are current from now on
+        _publish_staleness(session, ctx, fresh, None, stale_after_hours(Scorer(session, ctx), child), now)
+
+
+def silence(fresh: ChildFreshness, hours: float, now: datetime) -> str | None:
+    """Why the figures built from a child's reports may no longer be true (it has been
+    silent for longer than `hours`), or None."""
+    if now - fresh.last_heard_at <= timedelta(hours=hours):
+        return None
+    since = fresh.last_heard_at.astimezone(CST).strftime("%Y-%m-%d %H:%M")
+    return f"{fresh.name} ({fresh.child_node}) 自 {since} 起未上报"
+
+
+def stale_after_hours(scorer: Scorer, child: str) -> float:
+    """The silence the policy that evaluates `child` allows (its parent's, i.e. this tier's)."""
+    _, policy = scorer.policy_for(Subject(subject_id=child, node=child, subject_type=CHILD))
+    return policy.rollup.stale_after_hours
+
+
+def _publish_staleness(session: Session, ctx: Context, fresh: ChildFreshness, reason: str | None, hours: float,
+                       now: datetime) -> None:
+    fresh.stale = reason is not None
+    ctx.outbox.add(session, ChildFreshnessChanged(
+        child=fresh.child_node, name=fresh.name, stale=fresh.stale, reason=reason, last_heard_at=fresh.last_heard_at,
+        stale_after_hours=hours, changed_at=now), correlation_id=fresh.child_node)
+
+
+def publish_staleness_changes(session: Session, ctx: Context, now: datetime | None = None) -> int:
+    """Publish child_freshness_changed for each child whose silence crossed the policy's
+    limit since the last look (either way); returns how many. Safe in every instance at
+    once: rows another instance is looking at are skipped, and a change is published only
+    where the stored flag differs."""
+    now, scorer = now or _now(), Scorer(session, ctx)
+    changed = 0
+    for fresh in session.execute(select(ChildFreshness).order_by(ChildFreshness.child_node)
+                                 .with_for_update(skip_locked=True)).scalars():
+        hours = stale_after_hours(scorer, fresh.child_node)
+        reason = silence(fresh, hours, now)
+        if (reason is not None) != bool(fresh.stale):
+            _publish_staleness(session, ctx, fresh, reason, hours, now)
+            changed += 1
+    return changed
 
 
 def send_heartbeat(session: Session, ctx: Context, now: datetime | None = None) -> None:
@@ -95,7 +137,7 @@ def apply_child_heartbeat(session: Session, ctx: Context, envelope_occurred_at: 
     child = event.node
     if child == ctx.home or not is_within(child, ctx.home):
         raise InvalidEvent(f"heartbeat of {child} is not from a child of this tier ({ctx.home})")
-    _heard_from(session, child, event.name, envelope_occurred_at, "stack_heartbeat", now)
+    _heard_from(session, ctx, child, event.name, envelope_occurred_at, "stack_heartbeat", now)
     return True
 
 
@@ -122,4 +164,4 @@ def child_freshness(session: Session, ctx: Context, principal: PrincipalLike | N
 
 
 __all__ = ['apply_child_score', 'apply_child_report', 'apply_child_reports', 'child_freshness', 'send_heartbeat',
-           'apply_child_heartbeat']
+           'apply_child_heartbeat', 'silence', 'stale_after_hours', 'publish_staleness_changes']

@@ -1,7 +1,7 @@
 """Reading figures: rankings, a subject's history, a score's explanation."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session
 from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
 from services.scoring import domain
-from services.contracts.periods import CST
 from services.scoring.models import ChildFreshness, PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
 from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLike, Context, require_in_stack,
                                                  on_inspecting_side, _now)
 from services.scoring.operations.scorer import Scorer, resolve_subject, score_row, figure_out
+from services.scoring.operations.children import silence
 from services.scoring.operations.entries import recompute_out
 
 
@@ -32,10 +32,9 @@ def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetim
         if row is None or figure["subject_type"] != CHILD:
             continue  # not the child stack's own unit
         _, policy = scorer.policy_for(session.get(Subject, figure["subject_id"]))
-        if now - row.last_heard_at > timedelta(hours=policy.rollup.stale_after_hours):
-            since = row.last_heard_at.astimezone(CST).strftime("%Y-%m-%d %H:%M")
-            figure["stale"] = True
-            figure["stale_reason"] = f"{row.name} ({row.child_node}) 自 {since} 起未上报"
+        reason = silence(row, policy.rollup.stale_after_hours, now)
+        if reason is not None:
+            figure["stale"], figure["stale_reason"] = True, reason
     return figures
 
 

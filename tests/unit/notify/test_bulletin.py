@@ -177,3 +177,21 @@ def test_missed_scheduled_checks_are_counted_where_the_office_counts_them():
     assert "按检查计划漏检 2 次" in rendered.markdown and "按检查计划漏检 2 次" in rendered.html
     quiet = build([]).to_dict()
     assert "漏检" not in Templates().render("bulletin", {"b": quiet, "office": "金牛山街道", "sent_at": NOW}).markdown
+
+
+def test_a_figure_from_a_silent_child_is_marked_and_explained_not_hidden():
+    """Scoring published that 社区B's stack has been silent past the policy's limit: its row
+    keeps its place and score, marked 数据未更新, and the reason is printed under the ranking."""
+    from services.notify.templates import Templates
+    reason = "社区B (411502008002) 自 2026-11-20 16:00 起未上报"
+    stale = ScoreFact("B", "社区B", "411502008002", 88, 100, 2, True, stale_reason=reason)
+    data = build([s("A", 1, 91), stale])
+    assert [(e.name, e.rank, e.score, e.stale_reason) for e in data.ranking] == [
+        ("社区A", 1, 91, None), ("社区B", 2, 88, reason)]
+    assert data.stale == [{"subject_id": "B", "name": "社区B", "node": "411502008002", "reason": reason}]
+    rendered = Templates().render("bulletin", {"b": data.to_dict(), "office": "金牛山街道", "sent_at": NOW})
+    assert "| 2 | 社区B（数据未更新） | 88.00 |" in rendered.markdown
+    assert f"数据未更新（以下单位的得分为其最后一次上报）：{reason}。" in rendered.markdown
+    assert "<td>社区B（数据未更新）</td>" in rendered.html and reason in rendered.html
+    assert "数据未更新" not in Templates().render(
+        "bulletin", {"b": build([s("A", 1, 91)]).to_dict(), "office": "金牛山街道", "sent_at": NOW}).markdown

@@ -132,3 +132,16 @@ def test_without_the_embedded_font_the_same_title_is_blank(tmp_path, monkeypatch
     pdf = render_bulletin_pdf(bulletin())
     assert all(row[-5] == "no" for row in pdffonts(pdf, tmp_path) if "STSong" in row[0])
     assert title_ink(pdf, tmp_path) == 0
+
+
+def test_a_stale_figure_is_marked_in_the_pdf():
+    data = bulletin()
+    data["ranking"][1]["stale_reason"] = "飨堂社区 (411502008006) 自 2026-11-20 16:00 起未上报"
+    data["stale"] = [{"subject_id": "s1", "name": "飨堂社区", "node": "411502008006",
+                      "reason": data["ranking"][1]["stale_reason"]}]
+    _, text = read(render_bulletin_pdf(data, "金牛山街道创卫办", revision=1))
+    flat = text.replace("\n", "")
+    assert "飨堂社区（数据未更新）" in flat
+    assert "数据未更新（以下单位的得分为其最后一次上报）：飨堂社区 (411502008006) 自 2026-11-20 16:00 起未上报。" in flat
+    _, plain = read(render_bulletin_pdf(bulletin(), "金牛山街道创卫办", revision=1))
+    assert "数据未更新" not in plain
