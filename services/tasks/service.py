@@ -143,6 +143,10 @@ class TasksService(operator_endpoints.OperatorEndpoints):
     def on_child_task_closed(self, body):
         return self._apply_once(body, "task_closed", "on_child_task_closed", self._mirror)
 
+    @reliable_event_handler("tier", "task_overdue", exchange=CHILDREN_EXCHANGE, routing_key="task_overdue.#")
+    def on_child_task_overdue(self, body):
+        return self._apply_once(body, "task_overdue", "on_child_task_overdue", self._mirror)
+
     def _mirror(self, session, envelope, update):
         task = ops.apply_child_update(session, update, self.outbox, self.clock.now())
         return task.id if task else None

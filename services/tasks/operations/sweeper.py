@@ -14,6 +14,7 @@ from services.tasks.schemas import SweepOut
 from services.tasks.operations.common import OutboxLike, SYSTEM_ACTOR, Settings
 from services.tasks.operations.figures import _figure_keys, refresh_figures
 from services.tasks.operations.lifecycle import SYSTEM, _transition
+from services.tasks.operations.tiers import _report_upward
 from services.tasks.operations.views import task_ref
 
 
@@ -56,8 +57,9 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
                 at=now, actor=SYSTEM_ACTOR, role=Role.system.value, action="urge", from_status=task.status,
                 to_status=task.status, reason=f"逾期未整改，第{task.urge_count}次督办 (urge notice #{task.urge_count})",
                 evidence=[]))
-            outbox.add(session, TaskOverdue(task=task_ref(task), overdue_since=task.overdue_since,
-                                            urge_count=task.urge_count), correlation_id=task.id)
+            overdue = TaskOverdue(task=task_ref(task), overdue_since=task.overdue_since, urge_count=task.urge_count)
+            outbox.add(session, overdue, correlation_id=task.id)
+            _report_upward(session, task, outbox, overdue)  # the tier that handed it down counts it too
             metrics.URGES.inc()
             urged += 1
         if decision.escalate:
