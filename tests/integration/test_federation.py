@@ -63,7 +63,10 @@ def collect(config, node, queue, count, timeout=20):
     def enough():
         got.extend(drain(config, node, queue))
         return len(got) >= count
-    support.wait_until(enough, timeout=timeout, message=f"{count} messages on {node}")
+    try:
+        support.wait_until(enough, timeout=timeout, message=f"{count} messages on {node}")
+    except AssertionError as exc:  # say what did arrive, and what the links were doing
+        raise AssertionError(f"{exc}; got {got}; links: {federation.link_status(config)}") from None
     return got
 
 
