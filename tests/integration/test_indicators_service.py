@@ -213,13 +213,46 @@ def answers(q1, q2):
     return [{"item_code": "Q1", "value": q1}, {"item_code": "Q2", "value": q2}]
 
 
-def test_a_survey_wave_gets_rates_intervals_flags_and_findings(indicators):
-    api, tap = indicators["api"], indicators["tap"]
-    admin = api.as_user("街道管理员", [("administrator", STREET)])
-    interviewer = api.as_user("王芳", [("inspector", STREET)])
-    public = api.anonymous()
+FRAME = [f"华森社区{n}号楼" for n in range(1, 31)]
+WAVE = {"questionnaire": {"code": "residents-2026", "version": 1}, "period": MONTH, "seed": 42,
+        "areas": [{"node": ZHOUJIASHAN, "frame_size": 200, "sample_size": 10},
+                  {"node": HUASEN, "frame": FRAME, "sample_size": 10}]}
 
-    assert interviewer.post("/questionnaires", QUESTIONNAIRE).status_code == 403
+
+def drawn_wave(api) -> tuple[support.ApiClient, dict, list[dict], list[dict]]:
+    """The questionnaire defined by the street's administrator and a wave drawn by its
+    interviewer: (interviewer, survey, 周家山's respondents, 华森's respondents)."""
+    defined = api.as_user("街道管理员", [("administrator", STREET)]).post("/questionnaires", QUESTIONNAIRE)
+    assert defined.status_code == 201, defined.text
+    interviewer = api.as_user("王芳", [("inspector", STREET)])
+    created = interviewer.post("/surveys", WAVE)
+    assert created.status_code == 201, created.text
+    survey = created.json()
+    return (interviewer, survey, [r for r in survey["respondents"] if r["area"] == ZHOUJIASHAN],
+            [r for r in survey["respondents"] if r["area"] == HUASEN])
+
+
+def answer_huasen_online(public, huasen) -> None:
+    """华森's residents answer through the public link: Q1 10 × 满意; Q2 9 × 满意, 1 × 不了解 (left out)."""
+    for index, respondent in enumerate(huasen):
+        response = public.post("/public/survey-answers", {"response_code": respondent["response_code"],
+                                                          "answers": answers("5", "0" if index == 0 else "5")})
+        assert response.status_code == 201, response.text
+
+
+def answer_zhou_by_interviewer(interviewer, survey_id, zhou) -> None:
+    """周家山 by interviewers: Q1 5 of 10 satisfied, Q2 9 of 10 satisfied."""
+    for index, respondent in enumerate(zhou):
+        body = {"respondent_id": respondent["respondent_id"],
+                "answers": answers("3" if index < 5 else "1", "5" if index < 9 else "1")}
+        response = interviewer.post(f"/surveys/{survey_id}/responses", body)
+        assert response.status_code == 201, response.text
+
+
+def test_questionnaires_are_defined_by_administrators_versioned_and_checked(indicators):
+    api = indicators["api"]
+    admin = api.as_user("街道管理员", [("administrator", STREET)])
+    assert api.as_user("王芳", [("inspector", STREET)]).post("/questionnaires", QUESTIONNAIRE).status_code == 403
     defined = admin.post("/questionnaires", QUESTIONNAIRE)
     assert defined.status_code == 201, defined.text
     assert defined.json()["version"] == 1
@@ -228,29 +261,23 @@ def test_a_survey_wave_gets_rates_intervals_flags_and_findings(indicators):
     refused = admin.post("/questionnaires", off)
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "items[0].satisfied"
 
-    frame = [f"华森社区{n}号楼" for n in range(1, 31)]
-    wave = {"questionnaire": {"code": "residents-2026", "version": 1}, "period": MONTH, "seed": 42,
-            "areas": [{"node": ZHOUJIASHAN, "frame_size": 200, "sample_size": 10},
-                      {"node": HUASEN, "frame": frame, "sample_size": 10}]}
-    created = interviewer.post("/surveys", wave)
-    assert created.status_code == 201, created.text
-    survey = created.json()
-    assert survey["seed"] == 42 and len(survey["respondents"]) == 20
+
+def test_a_wave_draws_the_same_sample_from_the_same_seed_and_shows_each_code_once(indicators):
+    interviewer, survey, zhou, huasen = drawn_wave(indicators["api"])
+    assert survey["seed"] == 42 and len(survey["respondents"]) == 20 and len(zhou) == len(huasen) == 10
     assert all(r["response_code"] for r in survey["respondents"])
     # The same seed draws the same sample; the codes are new and never shown again.
-    redraw = interviewer.post("/surveys", wave).json()
+    redraw = interviewer.post("/surveys", WAVE).json()
     assert [r["label"] for r in redraw["respondents"]] == [r["label"] for r in survey["respondents"]]
     assert interviewer.get(f"/surveys/{survey['survey_id']}").json()["respondents"][0]["response_code"] is None
-    sid = survey["survey_id"]
-    zhou = [r for r in survey["respondents"] if r["area"] == ZHOUJIASHAN]
-    huasen = [r for r in survey["respondents"] if r["area"] == HUASEN]
-    assert {r["label"] for r in huasen} <= set(frame)
+    assert {r["label"] for r in huasen} <= set(FRAME)
 
-    # 华森's residents answer through the public link: Q1 10 × 满意; Q2 9 × 满意, 1 × 不了解 (left out).
-    for index, respondent in enumerate(huasen):
-        response = public.post("/public/survey-answers", {"response_code": respondent["response_code"],
-                                                          "answers": answers("5", "0" if index == 0 else "5")})
-        assert response.status_code == 201, response.text
+
+def test_public_answers_are_single_use_checked_throttled_and_audited_without_the_code(indicators):
+    api = indicators["api"]
+    public = api.anonymous()
+    _, _, zhou, huasen = drawn_wave(api)
+    answer_huasen_online(public, huasen)
     used = public.post("/public/survey-answers", {"response_code": huasen[0]["response_code"],
                                                   "answers": answers("1", "1")})
     assert used.status_code == 409
@@ -269,12 +296,12 @@ def test_a_survey_wave_gets_rates_intervals_flags_and_findings(indicators):
                             "and request::text like '%\"response_code\": \"***\"%'")
     assert logged == 10 + 3 + 1
 
-    # 周家山 by interviewers: Q1 5 of 10 satisfied, Q2 9 of 10 satisfied.
-    for index, respondent in enumerate(zhou):
-        body = {"respondent_id": respondent["respondent_id"],
-                "answers": answers("3" if index < 5 else "1", "5" if index < 9 else "1")}
-        response = interviewer.post(f"/surveys/{sid}/responses", body)
-        assert response.status_code == 201, response.text
+
+def test_an_interviewer_answers_a_respondent_once_and_only_in_their_own_survey(indicators):
+    api = indicators["api"]
+    interviewer, survey, zhou, _ = drawn_wave(api)
+    sid = survey["survey_id"]
+    answer_zhou_by_interviewer(interviewer, sid, zhou)
     same = interviewer.post(f"/surveys/{sid}/responses", {"respondent_id": zhou[0]["respondent_id"],
                                                           "answers": answers("3", "5")})
     assert same.status_code == 200                                              # the same form again: no-op
@@ -284,6 +311,14 @@ def test_a_survey_wave_gets_rates_intervals_flags_and_findings(indicators):
     outsider = api.as_user("老城检查员", [("inspector", LAOCHENG)]).post(
         f"/surveys/{sid}/responses", {"respondent_id": zhou[1]["respondent_id"], "answers": answers("5", "5")})
     assert outsider.status_code == 404                                          # not their survey
+
+
+def test_a_wave_gets_rates_intervals_and_flags_and_publishes_them_with_findings_on_close(indicators):
+    api, tap = indicators["api"], indicators["tap"]
+    interviewer, survey, zhou, huasen = drawn_wave(api)
+    sid = survey["survey_id"]
+    answer_huasen_online(api.anonymous(), huasen)
+    answer_zhou_by_interviewer(interviewer, sid, zhou)
 
     result = interviewer.get(f"/surveys/{sid}/satisfaction")
     assert result.status_code == 200, result.text
