@@ -366,7 +366,14 @@ def score(subject_id: str, name: str, period: str, value: float | None, rank: in
         revision=revision, computed_at=datetime.now(timezone.utc))
 
 
-def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
+# --- the monthly bulletin from seeded scores and tasks ----------------------------------------------
+# Each test starts its own notify service and seeds the same events (`seed_scores_and_tasks`); none
+# relies on another having run.
+
+
+def seed_scores_and_tasks(notify_stack) -> None:
+    """Publish October's and November's community scores and November's tasks (one found in
+    October, one overdue, one relapsed) as the producers would, and wait until notify holds them."""
     api, amqp = notify_stack["api"], notify_stack["amqp_uri"]
     # October: 甲 1, 乙 2, 丙 3, 丁 4.
     october = [score("a", "甲社区", "2026-10", 92, 1, 4), score("b", "乙社区", "2026-10", 90, 2, 4),
@@ -381,6 +388,8 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
                 # The street office's own aggregate (ranked among the district's streets): no peer of its
                 # communities, so no second "rank 1" in its bulletin.
                 score(STREET, "金牛山街道", "2026-11", 86.5, 1, 1, node=STREET, inputs=20)]
+    relapsed_before = consumed(api, "task_relapsed", "processed")
+    overdue_before = consumed(api, "task_overdue", "processed")
     for payload in october + november:
         publish(amqp, "scoring", make_event(payload, SCORING))
     nov = lambda day: datetime(2026, 11, day, 10, tzinfo=CST)  # noqa: E731
@@ -404,19 +413,37 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
     db = notify_stack["database_url"]
     support.wait_until(lambda: count(db, TaskRow.__table__) == 7 and count(db, ScoreRow.__table__) == 10,
                        message="the projections")
-    support.wait_until(lambda: consumed(api, "task_relapsed", "processed") >= 1
-                       and consumed(api, "task_overdue", "processed") >= 1, message="the task events")
+    # The metrics are the test process's: count from where this stack started.
+    support.wait_until(lambda: consumed(api, "task_relapsed", "processed") >= relapsed_before + 1
+                       and consumed(api, "task_overdue", "processed") >= overdue_before + 1, message="the task events")
 
-    # Nothing released yet: the public board has nothing to show.
-    anonymous = api.anonymous()
-    assert anonymous.get("/board").status_code == 404
-    response = api.post("/bulletins", {"period": "2026-11"})
+
+def november_bulletin(notify_stack) -> dict:
+    """Seed the events and make November's bulletin (released, as a POST does): the response body."""
+    seed_scores_and_tasks(notify_stack)
+    response = notify_stack["api"].post("/bulletins", {"period": "2026-11"})
     assert response.status_code == 201, response.text
-    bulletin = response.json()
-    data = bulletin["data"]
+    return response.json()
+
+
+def test_the_public_board_is_empty_until_a_bulletin_is_released(notify_stack):
+    """With scores and tasks held but no bulletin made, the anonymous board answers 404."""
+    seed_scores_and_tasks(notify_stack)
+    assert notify_stack["api"].anonymous().get("/board").status_code == 404
+
+
+def test_a_made_bulletin_is_the_first_revision_titled_for_the_month_and_names_who_asked(notify_stack):
+    """POST /bulletins makes revision 1 of 「…2026年11月创卫工作月度通报」 for the signed-in caller."""
+    bulletin = november_bulletin(notify_stack)
     assert bulletin["requested_by"] == "测试管理员 (user-测试管理员)"
-    # Released: anyone sees the ranking and the red and black lists, nothing else.
-    board = anonymous.get("/board")
+    assert bulletin["revision"] == 1 and bulletin["title"].endswith("2026年11月创卫工作月度通报")
+
+
+def test_the_released_board_shows_anyone_the_ranking_and_the_red_and_black_lists_only(notify_stack):
+    """The anonymous board shows the ranking with movement and veto marks, the red list (commended)
+    and the black list (一票否决), and neither the veto's reasons nor task ids."""
+    november_bulletin(notify_stack)
+    board = notify_stack["api"].anonymous().get("/board")
     assert board.status_code == 200, board.text
     assert set(board.json()) == {"node", "office", "period", "revision", "title", "released_at", "ranking", "red",
                                  "black"}
@@ -425,37 +452,69 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
     assert [r["name"] for r in board.json()["red"]] == ["丙社区", "甲社区", "丁社区<东片>"]
     assert board.json()["black"] == [{"rank": 4, "name": "乙社区", "score": 70, "why": "一票否决"}]
     assert "被区创卫办通报批评" not in board.text and "t2" not in board.text
-    assert bulletin["revision"] == 1 and bulletin["title"].endswith("2026年11月创卫工作月度通报")
+
+
+def test_the_bulletin_ranks_the_highest_revision_of_each_score_with_movement_since_october(notify_stack):
+    """丙's revision 2 (95) wins over the later revision 1; computed by hand: 丙 3→1 ↑2, 甲 1→2 ↓1,
+    丁 4→3 ↑1, 乙 2→4 ↓2; the street's own aggregate is not among its communities."""
+    data = november_bulletin(notify_stack)["data"]
     # Computed by hand: 丙 3→1 ↑2, 甲 1→2 ↓1, 丁 4→3 ↑1, 乙 2→4 ↓2.
     assert [(r["rank"], r["name"], r["score"]) for r in data["ranking"]] == [
         (1, "丙社区", 95), (2, "甲社区", 90), (3, "丁社区<东片>", 85), (4, "乙社区", 70)]
     assert [r["movement"] for r in data["ranking"]] == [2, -1, 1, -2]
     assert [r["movement_text"] for r in data["ranking"]] == ["↑2", "↓1", "↑1", "↓2"]
+    assert "金牛山街道" not in [r["name"] for r in data["ranking"] + data["unranked"]]
+
+
+def test_the_bulletin_lists_the_unranked_the_vetoed_the_commended_and_the_criticised(notify_stack):
+    """戊 (one inspection) is unranked; 乙 vetoed and criticised with the veto's reason; 丙, 甲 and 丁
+    commended."""
+    data = november_bulletin(notify_stack)["data"]
     assert [u["name"] for u in data["unranked"]] == ["戊社区"]
     assert [v["name"] for v in data["vetoed"]] == ["乙社区"]
     assert [c["name"] for c in data["commended"]] == ["丙社区", "甲社区", "丁社区<东片>"]
     [criticised] = data["criticised"]
     assert criticised["name"] == "乙社区" and any("被区创卫办通报批评" in r for r in criticised["reasons"])
+
+
+def test_the_bulletin_counts_the_months_problems_by_category_with_overdue_and_relapsed_tasks(notify_stack):
+    """November's six problems (the one entered in November but found in October counts for October):
+    公厕 3, 垃圾站房 2 on top, t2 overdue, t5 relapsed."""
+    data = november_bulletin(notify_stack)["data"]
     assert [(c["category_name"], c["count"]) for c in data["top_categories"]] == [("公厕", 3), ("垃圾站房", 2)]
     assert [t["task_id"] for t in data["overdue_tasks"]] == ["t2"]
     assert [t["task_id"] for t in data["relapsed_tasks"]] == ["t5"]
     assert data["figures"]["tasks_opened"] == 6 and data["figures"]["problems_found"] == 6
-    assert "金牛山街道" not in [r["name"] for r in data["ranking"] + data["unranked"]]
-    october_bulletin = api.post("/bulletins", {"period": "2026-10", "notify": False}).json()["data"]
+    october_bulletin = notify_stack["api"].post("/bulletins", {"period": "2026-10", "notify": False}).json()["data"]
     assert october_bulletin["figures"]["problems_found"] == 1
 
-    markdown = api.get(f"/bulletins/{bulletin['bulletin_id']}/markdown")
+
+def test_the_bulletin_as_markdown_has_the_ranking_table_with_markup_neutralised(notify_stack):
+    """The Markdown ranking rows read in order, 丁社区<东片> with full-width brackets, the veto marked."""
+    bulletin = november_bulletin(notify_stack)
+    markdown = notify_stack["api"].get(f"/bulletins/{bulletin['bulletin_id']}/markdown")
     assert markdown.status_code == 200 and markdown.headers["Content-Type"].startswith("text/markdown")
     rows = [line for line in markdown.text.splitlines() if re.match(r"^\| \d ", line)]
     assert rows == ["| 1 | 丙社区 | 95.00 |  | ↑2 |", "| 2 | 甲社区 | 90.00 |  | ↓1 |",
                     "| 3 | 丁社区＜东片＞ | 85.00 |  | ↑1 |", "| 4 | 乙社区（一票否决） | 70.00 |  | ↓2 |"]
-    html = api.get(f"/bulletins/{bulletin['bulletin_id']}/html")
+
+
+def test_the_bulletin_as_html_is_autoescaped_and_in_rank_order(notify_stack):
+    """The HTML escapes 丁社区<东片> and lists 丙, 甲, then 乙 (一票否决)."""
+    bulletin = november_bulletin(notify_stack)
+    html = notify_stack["api"].get(f"/bulletins/{bulletin['bulletin_id']}/html")
     assert html.status_code == 200 and html.headers["Content-Type"].startswith("text/html")
     assert "丁社区&lt;东片&gt;" in html.text and "丁社区<东片>" not in html.text  # autoescaped
     assert html.text.index("丙社区") < html.text.index("甲社区") < html.text.index("乙社区（一票否决）")
 
-    # The same bulletin as a PDF (reportlab, an embedded CJK font subset): the ranking reads in order.
+
+def test_the_bulletin_as_pdf_is_an_attachment_whose_text_reads_in_rank_order(notify_stack):
+    """The same bulletin as a PDF (reportlab, an embedded CJK font subset): named by node, month and
+    revision, its extracted text has the ranking in order, the unranked note and the veto's reason;
+    an unknown bulletin is 404."""
     from pypdf import PdfReader
+    bulletin = november_bulletin(notify_stack)
+    api = notify_stack["api"]
     pdf = api.get(f"/bulletins/{bulletin['bulletin_id']}/pdf")
     assert pdf.status_code == 200 and pdf.headers["Content-Type"] == "application/pdf"
     assert pdf.headers["Content-Disposition"].startswith('attachment; filename="bulletin-411502008000-2026-11-r1.pdf"')
@@ -465,7 +524,12 @@ def test_monthly_bulletin_from_seeded_scores_and_tasks(notify_stack):
     assert "戊社区（样本不足，不参加排名）" in text and "被区创卫办通报批评" in text
     assert api.get("/bulletins/no-such-bulletin/pdf").status_code == 404
 
-    # Kept: listed, and a second generation is a new revision.
+
+def test_bulletins_are_kept_a_second_one_is_a_new_revision_and_bad_periods_make_none(notify_stack):
+    """Making November's bulletin again gives revision 2, listed newest first with revision 1; month
+    13 and 2099 are refused naming the period, and no revision is added."""
+    november_bulletin(notify_stack)
+    api = notify_stack["api"]
     again = api.post("/bulletins", {"period": "2026-11"}).json()
     assert again["revision"] == 2
     listed = api.get("/bulletins", params={"period": "2026-11"}).json()

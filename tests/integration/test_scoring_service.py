@@ -122,26 +122,66 @@ def by_node(rows: list[dict]) -> dict[str, dict]:
     return {r["node"]: r for r in rows}
 
 
-def test_street_scheme_worked_example(stack, event_tap):
-    inspection, scoring = stack["inspection"], stack["scoring"]
-    submitted_tap = event_tap(("inspection.events", "inspection_submitted"))
-    scores_tap = event_tap(("scoring.events", "score_published"))
-    rankings_tap = event_tap(("scoring.events", "ranking_published"))
-    ids = register_communities(inspection)
+# --- the worked example, one check per test -------------------------------------------------------
+# Each test starts its own stack and submits the same 18 inspections (`worked_example`); none
+# relies on another having run.
 
+
+def worked_example(stack) -> dict[str, str]:
+    """Register the three communities, submit their October and November inspections, and wait
+    until scoring has processed all 18 (counted after each commit): the subject ids by node."""
+    inspection, scoring = stack["inspection"], stack["scoring"]
+    processed_before = consumed(scoring, "processed")
+    ids = register_communities(inspection)
+    sent = 0
     for month in (OCTOBER, NOVEMBER):
         for node, inspections in month.items():
             for day, score in inspections:
                 inspect(inspection, ids[node], day, score)
+                sent += 1
+    support.wait_until(lambda: consumed(scoring, "processed") >= processed_before + sent, timeout=30,
+                       message=f"scoring to process the {sent} inspections")
+    return ids
 
-    # Monthly means, ranks and movement against October.
-    october = settled(scoring, "2026-10", 2)
-    assert [r["node"] for r in october["ranking"]] == [XIANGTANG, ZHOUJIASHAN, SHILIHE]
-    assert {r["node"]: r["score"] for r in october["ranking"]} == OCT_MEAN
-    november = settled(scoring, "2026-11", 4)
+
+def settled_november(scoring) -> dict:
+    """November's community table once every community has its four inputs and its movement."""
+    settled(scoring, "2026-11", 4)
     support.wait_until(lambda: [r["movement"] for r in ranking(scoring, "2026-11")["ranking"]] == [1, -1, 0],
                        message="November movement")
-    november = ranking(scoring, "2026-11")
+    return ranking(scoring, "2026-11")
+
+
+def appraise_shilihe(scoring):
+    return scoring.post("/appraisals", {"subject_id": SHILIHE, "period": "2026-H2", "score": SHILIHE_APPRAISAL,
+                                        "note": "金牛山街道创卫领导小组民主测评"})
+
+
+def criticise_xiangtang(scoring):
+    return scoring.post("/vetoes", {"subject_id": XIANGTANG, "period": "2026-11", "reason": "criticism",
+                                    "note": "背街小巷垃圾堆积", "reference": "浉爱卫〔2026〕15号"})
+
+
+def wait_veto_published(scores_tap) -> None:
+    support.wait_until(lambda: any(
+        e["payload"]["subject"]["subject_id"] == XIANGTANG and e["payload"]["period"] == "2026-11"
+        and e["payload"]["vetoed"] and e["payload"]["grade"] == "合格" and e["schema_version"] == 2
+        for e in scores_tap.drain()), message="the veto published")
+
+
+def test_october_means_rank_xiangtang_first_then_zhoujiashan_and_shilihe(stack):
+    """October, two inspections each: means 88, 95, 82 (worked by hand) rank 飨堂, 周家山, 十里河."""
+    worked_example(stack)
+    october = settled(stack["scoring"], "2026-10", 2)
+    assert [r["node"] for r in october["ranking"]] == [XIANGTANG, ZHOUJIASHAN, SHILIHE]
+    assert {r["node"]: r["score"] for r in october["ranking"]} == OCT_MEAN
+
+
+def test_november_means_ranks_movement_and_grades_match_the_hand_worked_figures(stack):
+    """November, four inspections each: means 95, 91, 88 rank 周家山 (up 1), 飨堂 (down 1), 十里河
+    (unchanged), graded 优秀, 先进, 合格; each child unit under its division code, none vetoed."""
+    worked_example(stack)
+    november = settled_november(stack["scoring"])
     assert november["peers"] == 3 and november["below_minimum_sample"] == []
     assert [r["node"] for r in november["ranking"]] == [ZHOUJIASHAN, XIANGTANG, SHILIHE]
     rows = by_node(november["ranking"])
@@ -153,14 +193,22 @@ def test_street_scheme_worked_example(stack, event_tap):
         assert rows[node]["subject_id"] == node  # a child unit is scored under its division code
         assert rows[node]["vetoed"] is False
 
-    # Weeks are scored (one inspection each), not ranked under the street scheme.
-    week = ranking(scoring, "2026-W47")  # Monday 2026-11-16
+
+def test_weeks_are_scored_but_not_ranked_under_the_street_scheme(stack):
+    """ISO week 47 (one inspection each) has scores 98, 94, 89 but no ranking, each row saying why."""
+    worked_example(stack)
+    week = ranking(stack["scoring"], "2026-W47")  # Monday 2026-11-16
     assert week["ranking"] == [] and {r["node"]: r["score"] for r in week["below_minimum_sample"]} == {
         ZHOUJIASHAN: 98.0, XIANGTANG: 94.0, SHILIHE: 89.0}
     assert all("minimum sample" in r["why_unranked"] or "does not rank" in r["why_unranked"]
                for r in week["below_minimum_sample"])
 
-    # Roll-up: the street's own figure is the mean of its communities'.
+
+def test_the_street_rolls_up_the_mean_of_its_communities(stack):
+    """金牛山街道 has no inspections of its own: its November figure is (95 + 91 + 88) / 3, explained
+    by its three communities combined by mean."""
+    worked_example(stack)
+    scoring = stack["scoring"]
     street = support.wait_until(
         lambda: next((s for s in scoring.get(f"/subjects/{STREET}/scores?period_kind=month").json()["scores"]
                       if s["period"] == "2026-11" and s["inputs"] == 3), None), message="street roll-up")
@@ -169,19 +217,27 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert {c["node"]: c["score"] for c in explained["children"]} == NOV_MEAN
     assert explained["children_combine"] == "mean"
 
-    # Explain one score: the four inspections behind 周家山's November mean.
-    explain = scoring.get(f"/subjects/{ids[ZHOUJIASHAN]}/scores/2026-11")  # the inspection id works too
+
+def test_a_monthly_score_is_explained_by_the_inspections_behind_it(stack):
+    """周家山's November mean, asked for by the inspection's subject id, lists its four inspections,
+    the rule and the policy."""
+    ids = worked_example(stack)
+    explain = stack["scoring"].get(f"/subjects/{ids[ZHOUJIASHAN]}/scores/2026-11")  # the inspection id works too
     assert explain.status_code == 200, explain.text
     detail = explain.json()["explain"]
     assert sorted(i["score"] for i in detail["inspections"]) == [92, 94, 96, 98]
     assert detail["rule"] == "mean_of_inspections" and detail["policy"]["policy_id"] == "street-scheme"
 
-    # Half-year composite: the mean of the monthly means, then 25 % appraisal.
+
+def test_the_half_year_composite_is_the_mean_of_monthly_means_with_a_quarter_appraisal(stack):
+    """十里河 2026-H2: routine only (82 + 88) / 2 = 85 until an appraisal of 93 is entered, then
+    0.75 × 85 + 0.25 × 93 = 87; the appraisal records the signed-in caller."""
+    worked_example(stack)
+    scoring = stack["scoring"]
     h2 = scoring.get(f"/subjects/{SHILIHE}/scores/2026-H2").json()
     assert h2["score"] == pytest.approx(SHILIHE_H2_ROUTINE, abs=0.005)  # no appraisal yet: routine only
     assert [m["month"] for m in h2["explain"]["months"]] == ["2026-10", "2026-11"]
-    appraisal = scoring.post("/appraisals", {"subject_id": SHILIHE, "period": "2026-H2", "score": SHILIHE_APPRAISAL,
-                                             "note": "金牛山街道创卫领导小组民主测评"})
+    appraisal = appraise_shilihe(scoring)
     assert appraisal.status_code == 201, appraisal.text
     assert appraisal.json()["appraised_by"] == TEST_USER  # who entered it: the signed-in caller
     assert appraisal.json()["period_score"]["score"] == pytest.approx(SHILIHE_H2_COMPOSITE, abs=0.005)
@@ -190,10 +246,16 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert h2["routine"] == pytest.approx(SHILIHE_H2_ROUTINE, abs=0.005) and h2["appraisal"] == SHILIHE_APPRAISAL
     assert h2["explain"]["composite"]["appraisal_weight"] == 25
 
-    # A criticised community keeps its score and rank but cannot be 先进.
+
+def test_a_criticised_community_keeps_its_score_and_rank_but_cannot_be_xianjin(stack, event_tap):
+    """A 通报批评 veto on 飨堂 for November caps it to 合格 (also in 2026-H2) with the same score and
+    rank 2, a reason and a new revision, published as score_published v2."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    worked_example(stack)
+    scoring = stack["scoring"]
+    settled_november(scoring)
     before = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
-    veto = scoring.post("/vetoes", {"subject_id": XIANGTANG, "period": "2026-11", "reason": "criticism",
-                                    "note": "背街小巷垃圾堆积", "reference": "浉爱卫〔2026〕15号"})
+    veto = criticise_xiangtang(scoring)
     assert veto.status_code == 201, veto.text
     after = by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]
     assert after["vetoed"] is True and after["grade"] == "合格"
@@ -201,10 +263,21 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert any("通报批评" in reason for reason in after["veto_reasons"])
     assert after["revision"] == before["revision"] + 1
     assert scoring.get(f"/subjects/{XIANGTANG}/scores/2026-H2").json()["vetoed"] is True
-    support.wait_until(lambda: any(
-        e["payload"]["subject"]["subject_id"] == XIANGTANG and e["payload"]["period"] == "2026-11"
-        and e["payload"]["vetoed"] and e["payload"]["grade"] == "合格" and e["schema_version"] == 2
-        for e in scores_tap.drain()), message="the veto published")
+    wait_veto_published(scores_tap)
+
+
+def test_every_staged_score_and_ranking_reaches_the_bus_and_adds_up_to_the_table(stack, event_tap):
+    """After the example, an appraisal and a veto: every score_published the outbox staged is on the
+    bus with revisions growing per (subject, period), and the ranking_published changes, latest
+    version first, give each community its rank and movement in the table."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    rankings_tap = event_tap(("scoring.events", "ranking_published"))
+    worked_example(stack)
+    scoring = stack["scoring"]
+    settled_november(scoring)
+    assert appraise_shilihe(scoring).status_code == 201
+    assert criticise_xiangtang(scoring).status_code == 201
+    wait_veto_published(scores_tap)
 
     # Every staged score_published reached the bus; revisions only grow per (subject, period).
     all_published(stack["database_url"], scores_tap)
@@ -227,7 +300,15 @@ def test_street_scheme_worked_example(stack, event_tap):
     assert told == {r["subject_id"]: (r["rank"], r["movement"]) for r in ranking(scoring, "2026-11")["ranking"]}
     assert latest[(ZHOUJIASHAN, "2026-11")]["policy"] == {"policy_id": "street-scheme", "version": 1}
 
-    # A redelivered inspection event changes nothing.
+
+def test_a_redelivered_inspection_event_changes_no_score_and_publishes_nothing(stack, event_tap):
+    """十里河's 2026-11-09 inspection_submitted sent again is counted as a duplicate: the scores, the
+    inputs, the table and the published events stay as they were."""
+    submitted_tap = event_tap(("inspection.events", "inspection_submitted"))
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    worked_example(stack)
+    scoring = stack["scoring"]
+    settled_november(scoring)
     [original] = [e for e in submitted_tap.drain() if e["payload"]["subject"]["node"] == SHILIHE
                   and e["payload"]["inspected_at"].startswith("2026-11-09")]
     published_before = all_published(stack["database_url"], scores_tap)
@@ -439,35 +520,126 @@ def test_overdue_condition_from_the_tasks_ledger_vetoes_and_lifts(stack):
     assert lifted["grade"] == "优秀"
 
 
-def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
-    """通报批评 of a 先进 community, then revoked on appeal (申诉成立).
+# --- 通报批评 of a 先进 community, then revoked on appeal (申诉成立) ------------------------------------
+# Worked by hand: 周家山 (96 + 94) / 2 = 95 → 优秀, rank 1; 飨堂 (92 + 90) / 2 = 91 → 先进, rank 2.
+# Vetoed, 飨堂 keeps 91 and rank 2 but is capped to 合格 in 2026-11, 2026-Q4, 2026-H2 and 2026;
+# revoked, it is 先进 again everywhere, each figure republished with a higher revision.
+# Each test starts its own stack and builds the stage it needs with the helpers below.
 
-    Worked by hand: 周家山 (96 + 94) / 2 = 95 → 优秀, rank 1; 飨堂 (92 + 90) / 2 = 91 → 先进, rank 2.
-    Vetoed, 飨堂 keeps 91 and rank 2 but is capped to 合格 in 2026-11, 2026-Q4, 2026-H2 and 2026;
-    revoked, it is 先进 again everywhere, each figure republished with a higher revision.
-    """
+LONGER = ("2026-11", "2026-Q4", "2026-H2", "2026")
+REVOKE_REASON = "经复核，申诉成立，撤销通报批评"
+
+
+def xiangtang_figure(scoring, period: str) -> dict:
+    return scoring.get(f"/subjects/{XIANGTANG}/scores/{period}").json()
+
+
+def xiangtang_published(scores_tap, period: str) -> dict | None:
+    """The highest revision of 飨堂's `period` figure published so far."""
+    events = [e["payload"] for e in scores_tap.drain() if e["payload"]["subject"]["subject_id"] == XIANGTANG
+              and e["payload"]["period"] == period]
+    return max(events, key=lambda p: p["revision"]) if events else None
+
+
+def refused(response, status):
+    assert response.status_code == status, response.text
+    return [e["field"] for e in response.json()["errors"]]
+
+
+def two_communities_in_november(stack, scores_tap) -> dict[str, str]:
+    """周家山 96 and 94, 飨堂 92 and 90 on two November Mondays; wait until 飨堂 is scored in every
+    longer period and the tap holds every score_published staged. The subject ids by node."""
     inspection, scoring = stack["inspection"], stack["scoring"]
-    scores_tap = event_tap(("scoring.events", "score_published"))
     ids = register_communities(inspection)
     for node, scores in ((ZHOUJIASHAN, (96, 94)), (XIANGTANG, (92, 90))):
         for day, score in zip(("2026-11-02", "2026-11-09"), scores):
             inspect(inspection, ids[node], day, score)
     settled(scoring, "2026-11", 2, count=2)
-    longer = ("2026-11", "2026-Q4", "2026-H2", "2026")
-    figure = lambda period: scoring.get(f"/subjects/{XIANGTANG}/scores/{period}").json()  # noqa: E731
-    support.wait_until(lambda: all(figure(k).get("inputs") == 2 for k in longer), message="longer periods scored")
-    assert {k: figure(k)["grade"] for k in longer} == {k: "先进" for k in longer}
+    support.wait_until(lambda: all(xiangtang_figure(scoring, k).get("inputs") == 2 for k in LONGER),
+                       message="longer periods scored")
     all_published(stack["database_url"], scores_tap)
+    return ids
 
-    veto = scoring.post("/vetoes", {"subject_id": ids[XIANGTANG], "period": "2026-11", "reason": "criticism",
+
+def veto_xiangtang(scoring, ids):
+    return scoring.post("/vetoes", {"subject_id": ids[XIANGTANG], "period": "2026-11", "reason": "criticism",
                                     "note": "背街小巷垃圾堆积", "reference": "浉爱卫〔2026〕15号"})
+
+
+def wait_veto_published_everywhere(scores_tap) -> dict[str, int]:
+    """Wait until the vetoed figure of every longer period is published; their revisions."""
+    support.wait_until(lambda: all((xiangtang_published(scores_tap, k) or {}).get("vetoed") for k in LONGER),
+                       message="the veto published")
+    return {k: xiangtang_published(scores_tap, k)["revision"] for k in LONGER}
+
+
+def vetoed_xiangtang(stack, scores_tap) -> dict:
+    """The stage after the veto: issued, published for every longer period, every event relayed.
+    The veto id, the capped figures and the vetoed figures' published revisions."""
+    scoring = stack["scoring"]
+    ids = two_communities_in_november(stack, scores_tap)
+    veto = veto_xiangtang(scoring, ids)
+    assert veto.status_code == 201, veto.text
+    capped = {k: xiangtang_figure(scoring, k) for k in LONGER}
+    vetoed_revision = wait_veto_published_everywhere(scores_tap)
+    all_published(stack["database_url"], scores_tap)
+    return {"ids": ids, "veto_id": veto.json()["veto_id"], "capped": capped, "vetoed_revision": vetoed_revision}
+
+
+def propose_revocation(scoring, veto_id: str):
+    return scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": REVOKE_REASON})
+
+
+def second_administrator(scoring):
+    return scoring.as_user("赵敏", [("administrator", STREET)])
+
+
+def revoked_xiangtang(stack, scores_tap) -> dict:
+    """The stage after the revocation: proposed by the test user, approved by 赵敏, the restored
+    figures published; plus the approval id."""
+    scoring = stack["scoring"]
+    vetoed = vetoed_xiangtang(stack, scores_tap)
+    proposed = propose_revocation(scoring, vetoed["veto_id"])
+    assert proposed.status_code == 202, proposed.text
+    approval_id = proposed.json()["approval_id"]
+    approved = second_administrator(scoring).post(f"/approvals/{approval_id}/approve", {"note": "已核对申诉材料"})
+    assert approved.status_code == 200, approved.text
+    support.wait_until(lambda: all(not (xiangtang_published(scores_tap, k) or {"vetoed": True})["vetoed"]
+                                   for k in LONGER), message="the revocation published")
+    return {**vetoed, "approval_id": approval_id}
+
+
+def test_before_any_veto_xiangtang_is_xianjin_in_every_longer_period(stack, event_tap):
+    """飨堂's November mean of 91 makes it 先进 in 2026-11, 2026-Q4, 2026-H2 and 2026."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    two_communities_in_november(stack, scores_tap)
+    scoring = stack["scoring"]
+    assert {k: xiangtang_figure(scoring, k)["grade"] for k in LONGER} == {k: "先进" for k in LONGER}
+
+
+def test_a_veto_caps_every_period_containing_the_month_to_hege_and_is_published(stack, event_tap):
+    """Vetoed for November, 飨堂 keeps 91 and rank 2 but is 合格 in every longer period, each figure
+    explaining the veto and republished as vetoed."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    ids = two_communities_in_november(stack, scores_tap)
+    scoring = stack["scoring"]
+    veto = veto_xiangtang(scoring, ids)
     assert veto.status_code == 201, veto.text
     veto_id = veto.json()["veto_id"]
-    capped = {k: figure(k) for k in longer}
+    capped = {k: xiangtang_figure(scoring, k) for k in LONGER}
     for k, f in capped.items():
         assert f["vetoed"] is True and f["grade"] == "合格" and f["score"] == 91.0, k
         assert f["explain"]["vetoes"][0]["veto_id"] == veto_id
     assert capped["2026-11"]["rank"] == 2
+    wait_veto_published_everywhere(scores_tap)
+
+
+def test_a_veto_is_listed_by_subject_and_period_with_who_issued_it(stack, event_tap):
+    """GET /vetoes finds the veto under 飨堂 and any period containing the month, with its subject's
+    name, issuer and reference, not revoked; other subjects and months have none; month 13 is refused."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    veto_id = vetoed_xiangtang(stack, scores_tap)["veto_id"]
+    scoring = stack["scoring"]
     listed = scoring.get(f"/vetoes?subject_id={XIANGTANG}&period=2026-H2")
     assert listed.status_code == 200, listed.text
     [entry] = listed.json()
@@ -478,22 +650,14 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
     assert scoring.get("/vetoes?period=2026-10").json() == []
     assert scoring.get("/vetoes?period=2026-13").status_code == 422
 
-    def published(period: str) -> dict | None:
-        events = [e["payload"] for e in scores_tap.drain() if e["payload"]["subject"]["subject_id"] == XIANGTANG
-                  and e["payload"]["period"] == period]
-        return max(events, key=lambda p: p["revision"]) if events else None
 
-    support.wait_until(lambda: all((published(k) or {}).get("vetoed") for k in longer), message="the veto published")
-    vetoed_revision = {k: published(k)["revision"] for k in longer}
-
-    # Refused requests name the field and change nothing.
-    all_published(stack["database_url"], scores_tap)
+def test_refused_revocations_name_the_field_and_change_nothing(stack, event_tap):
+    """A body naming who revokes, no reason, a blank reason and an unknown veto are refused with the
+    field named; the scores are untouched and the veto still counts."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    veto_id = vetoed_xiangtang(stack, scores_tap)["veto_id"]
+    scoring = stack["scoring"]
     snapshot = scores_snapshot(stack["database_url"])
-
-    def refused(response, status):
-        assert response.status_code == status, response.text
-        return [e["field"] for e in response.json()["errors"]]
-
     assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "申诉成立", "revoked_by": "区爱卫办"}),
                    422) == ["revoked_by"]  # who revokes comes from the token
     assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {}), 422) == ["reason"]
@@ -501,48 +665,77 @@ def test_a_veto_is_listed_revoked_and_the_grade_restored(stack, event_tap):
     assert refused(scoring.post("/vetoes/00000000-0000-0000-0000-000000000000/revoke",
                                 {"reason": "申诉成立"}), 404) == ["veto_id"]
     assert scores_snapshot(stack["database_url"]) == snapshot
-    assert all(figure(k)["vetoed"] for k in longer)
+    assert all(xiangtang_figure(scoring, k)["vetoed"] for k in LONGER)
 
-    # Proposed: nothing changes until a second administrator approves.
-    proposed = scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "经复核，申诉成立，撤销通报批评"})
+
+def test_a_proposed_revocation_changes_nothing_until_a_second_administrator_approves(stack, event_tap):
+    """Proposing a revocation answers 202 with a pending approval on the veto; the proposer cannot
+    approve it; the scores are untouched and the veto still counts."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    veto_id = vetoed_xiangtang(stack, scores_tap)["veto_id"]
+    scoring = stack["scoring"]
+    snapshot = scores_snapshot(stack["database_url"])
+    proposed = propose_revocation(scoring, veto_id)
     assert proposed.status_code == 202, proposed.text
     approval_id = proposed.json()["approval_id"]
     assert proposed.json()["status"] == "pending" and proposed.json()["veto"]["pending_revocation"] == approval_id
     assert refused(scoring.post(f"/approvals/{approval_id}/approve", {}), 403) == ["approval_id"]  # not the proposer
     assert scores_snapshot(stack["database_url"]) == snapshot
-    assert all(figure(k)["vetoed"] for k in longer)
+    assert all(xiangtang_figure(scoring, k)["vetoed"] for k in LONGER)
 
-    # Revoked: kept on record, no longer counts; the grade is restored and republished.
-    second = scoring.as_user("赵敏", [("administrator", STREET)])
-    revoked = second.post(f"/approvals/{approval_id}/approve", {"note": "已核对申诉材料"})
+
+def test_an_approved_revocation_restores_the_grade_everywhere_and_republishes_it(stack, event_tap):
+    """Approved by a second administrator, the veto no longer counts: 飨堂 is 先进 with 91 and rank 2
+    again in every longer period, each figure a higher revision, published above the vetoed one."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    vetoed = vetoed_xiangtang(stack, scores_tap)
+    scoring = stack["scoring"]
+    capped, vetoed_revision = vetoed["capped"], vetoed["vetoed_revision"]
+    proposed = propose_revocation(scoring, vetoed["veto_id"])
+    assert proposed.status_code == 202, proposed.text
+    approval_id = proposed.json()["approval_id"]
+    revoked = second_administrator(scoring).post(f"/approvals/{approval_id}/approve", {"note": "已核对申诉材料"})
     assert revoked.status_code == 200, revoked.text
     body = revoked.json()
     assert body["status"] == "approved" and body["decided_by"] == "赵敏 (user-赵敏)"
     assert body["veto"]["revoked"] is True and body["veto"]["revoked_by"] == TEST_USER and body["veto"]["revoked_at"]
     assert body["veto"]["revoke_approved_by"] == "赵敏 (user-赵敏)"
     assert {f["period"]: (f["grade"], f["vetoed"]) for f in body["period_scores"]} == {
-        k: ("先进", False) for k in longer}
-    for k in longer:
-        f = figure(k)
+        k: ("先进", False) for k in LONGER}
+    for k in LONGER:
+        f = xiangtang_figure(scoring, k)
         assert f["grade"] == "先进" and f["vetoed"] is False and f["veto_reasons"] == [] and f["score"] == 91.0
         assert f["explain"]["vetoes"] == [] and f["revision"] > capped[k]["revision"]
     assert by_node(ranking(scoring, "2026-11")["ranking"])[XIANGTANG]["rank"] == 2
-    support.wait_until(lambda: all(not (published(k) or {"vetoed": True})["vetoed"] for k in longer),
-                       message="the revocation published")
-    for k in longer:
-        event = published(k)
+    support.wait_until(lambda: all(not (xiangtang_published(scores_tap, k) or {"vetoed": True})["vetoed"]
+                                   for k in LONGER), message="the revocation published")
+    for k in LONGER:
+        event = xiangtang_published(scores_tap, k)
         assert event["grade"] == "先进" and event["revision"] > vetoed_revision[k]
 
+
+def test_a_revoked_veto_is_kept_on_record_but_listed_only_on_request(stack, event_tap):
+    """After the revocation GET /vetoes no longer lists the veto; include_revoked=true shows it with
+    the revocation's reason and who proposed it."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    veto_id = revoked_xiangtang(stack, scores_tap)["veto_id"]
+    scoring = stack["scoring"]
     assert scoring.get(f"/vetoes?subject_id={XIANGTANG}").json() == []
     [kept] = scoring.get(f"/vetoes?subject_id={XIANGTANG}&include_revoked=true").json()
     assert kept["veto_id"] == veto_id and kept["revoked"] is True
-    assert kept["revoke_reason"] == "经复核，申诉成立，撤销通报批评" and kept["revoked_by"] == TEST_USER
+    assert kept["revoke_reason"] == REVOKE_REASON and kept["revoked_by"] == TEST_USER
 
-    # Revoking twice is a conflict and changes nothing.
+
+def test_revoking_a_revoked_veto_twice_is_a_conflict_and_changes_nothing(stack, event_tap):
+    """A second revocation and a second approval of the same request answer 409 naming the id; no
+    score changes and nothing more is published."""
+    scores_tap = event_tap(("scoring.events", "score_published"))
+    revoked = revoked_xiangtang(stack, scores_tap)
+    scoring, veto_id, approval_id = stack["scoring"], revoked["veto_id"], revoked["approval_id"]
     published_before = all_published(stack["database_url"], scores_tap)
     snapshot = scores_snapshot(stack["database_url"])
     assert refused(scoring.post(f"/vetoes/{veto_id}/revoke", {"reason": "再次撤销"}), 409) == ["veto_id"]
-    assert refused(second.post(f"/approvals/{approval_id}/approve", {}), 409) == ["approval_id"]
+    assert refused(second_administrator(scoring).post(f"/approvals/{approval_id}/approve", {}), 409) == ["approval_id"]
     assert scores_snapshot(stack["database_url"]) == snapshot
     assert all_published(stack["database_url"], scores_tap) == published_before
     [kept] = scoring.get("/vetoes?include_revoked=true").json()

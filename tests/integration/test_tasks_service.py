@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -110,7 +111,49 @@ def table_counts(database_url):
         engine.dispose()
 
 
-def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(stack):
+# --- the lifecycle scene: one inspection's three tasks, and the stages they go through ---------
+# Each test below starts its own stack and builds, with these helpers, the state its stage needs;
+# no test relies on another having run.
+
+
+@dataclass
+class Scene:
+    """One routine inspection of 周家山路公厕 with three findings worth a task (and one compliant item)."""
+    stack: dict
+    subject: dict
+    place: dict
+    inspection: dict
+    found_at: datetime
+    inspector_deadline: datetime
+    opened: list[dict]
+    tasks: list[dict]
+    who: dict
+    relapse_task: dict | None = None
+
+    @property
+    def by_item(self) -> dict[str, dict]:
+        return {t["item_code"]: t for t in self.tasks}
+
+    @property
+    def on_time_task(self) -> dict:     # PT-03, 24 h: closed in time
+        return self.by_item["PT-03"]
+
+    @property
+    def overdue_task(self) -> dict:     # PT-02, immediately: left to go overdue and be escalated
+        return self.by_item["PT-02"]
+
+    @property
+    def rejected_task(self) -> dict:    # PT-06, the inspector's date: a fix rejected, then verified
+        return self.by_item["PT-06"]
+
+    @property
+    def immediate_deadline(self) -> datetime:
+        return parse_time(self.overdue_task["deadline_at"])
+
+
+def open_three_tasks(stack) -> Scene:
+    """Register the community and its toilet, submit an inspection with three findings worth a task,
+    and wait until the ledger holds the three tasks."""
     inspection_api, api, tap = stack["inspection"], stack["tasks"], stack["tap"]
     subject, place = register(inspection_api)
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -125,34 +168,130 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
          "deadline_at": inspector_deadline.isoformat()},                                            # inspector's date
         {"item_code": "PT-01", "findings": 0},                                                       # compliant
     ], found_at)
-
-    # --- three findings with a deduction → three tasks -----------------------------------
     opened = wait_events(tap, "task_opened", 3)
-    assert len(opened) == 3
     tasks = support.wait_until(lambda: (lambda r: r if len(r) == 3 else None)(api.get("/tasks").json()),
                                message="three tasks in the ledger")
-    by_item = {t["item_code"]: t for t in tasks}
-    assert set(by_item) == {"PT-02", "PT-03", "PT-06"}
-    on_time_task, overdue_task, rejected_task = by_item["PT-03"], by_item["PT-02"], by_item["PT-06"]
-    for t in tasks:
-        assert t["inspection_id"] == inspection["inspection_id"]
+    return Scene(stack=stack, subject=subject, place=place, inspection=inspection, found_at=found_at,
+                 inspector_deadline=inspector_deadline, opened=opened, tasks=tasks, who=people(api))
+
+
+def close_on_time(scene: Scene) -> dict:
+    """张伟 starts and fixes the PT-03 task, 王芳 verifies it, well before its 24 h deadline: the
+    three responses, unchecked (the caller asserts what it is about)."""
+    who, tid = scene.who, scene.on_time_task["task_id"]
+    return {"start": who["张伟"].post(f"/tasks/{tid}/start", {}),
+            "fix": who["张伟"].post(f"/tasks/{tid}/fix", {"note": "已通风除臭", "after_photos": [PHOTO_AFTER]}),
+            "verify": who["王芳"].post(f"/tasks/{tid}/verify", {"note": "现场复查合格"})}
+
+
+def require_closed_on_time(scene: Scene) -> None:
+    """The PT-03 task closed, as a precondition of a later stage."""
+    responses = close_on_time(scene)
+    for step, response in responses.items():
+        assert response.status_code == 200, f"{step}: {response.text}"
+    wait_events(scene.stack["tap"], "task_closed", task_id=scene.on_time_task["task_id"])
+
+
+def set_clock_past_the_immediate_deadline(scene: Scene, hours: int) -> None:
+    clock.set_offset(scene.immediate_deadline + timedelta(hours=hours) - datetime.now(timezone.utc))
+
+
+def require_urged_once(scene: Scene) -> None:
+    """An hour past the PT-02 task's deadline, one sweep marks it overdue and urges once
+    (the clock stays there: the caller resets it)."""
+    set_clock_past_the_immediate_deadline(scene, 1)
+    sweep = scene.stack["tasks"].post("/sweeps")
+    assert sweep.status_code == 201 and sweep.json()["urged"] == 1, sweep.text
+
+
+def require_escalated(scene: Scene) -> None:
+    """The PT-02 task urged once, then urged again and escalated past the 48 h grace; the clock
+    is back on real time afterwards."""
+    require_urged_once(scene)
+    set_clock_past_the_immediate_deadline(scene, 49)
+    sweep = scene.stack["tasks"].post("/sweeps")
+    assert sweep.status_code == 201 and sweep.json()["escalated"] == 1, sweep.text
+    wait_events(scene.stack["tap"], "task_escalated", task_id=scene.overdue_task["task_id"])
+    clock.reset()
+
+
+def reject_then_verify(scene: Scene) -> dict:
+    """The PT-06 task: started and fixed by 张伟, rejected by 李强, fixed again by 刘洋 and verified
+    by 李强. The responses, unchecked."""
+    who, rid = scene.who, scene.rejected_task["task_id"]
+    body = {"note": "已更换水龙头", "after_photos": [PHOTO_AFTER]}
+    return {"start": who["张伟"].post(f"/tasks/{rid}/start", {}),
+            "fix": who["张伟"].post(f"/tasks/{rid}/fix", body),
+            "reject": who["李强"].post(f"/tasks/{rid}/reject", {"reason": "洗手池仍漏水"}),
+            "fix_again": who["刘洋"].post(f"/tasks/{rid}/fix", {**body, "note": "已更换洗手池"}),
+            "verify": who["李强"].post(f"/tasks/{rid}/verify", {})}
+
+
+def find_again(scene: Scene) -> dict:
+    """A new inspection finds the PT-03 problem again at the same place; its task_relapsed event."""
+    inspect(scene.stack["inspection"], scene.subject, scene.place, [
+        {"item_code": "PT-03", "findings": 1, "note": "又有臭味", "evidence": [PHOTO_BEFORE]}],
+        datetime.now(timezone.utc))
+    [relapse] = wait_events(scene.stack["tap"], "task_relapsed")
+    return relapse
+
+
+def whole_lifecycle(stack) -> Scene:
+    """Every stage in order: PT-03 closed on time, PT-02 urged twice and escalated (the clock
+    forward and back), PT-06 rejected then verified, PT-03 found again (a relapse task)."""
+    scene = open_three_tasks(stack)
+    require_closed_on_time(scene)
+    require_escalated(scene)
+    for step, response in reject_then_verify(scene).items():
+        assert response.status_code == 200, f"{step}: {response.text}"
+    relapse = find_again(scene)
+    scene.relapse_task = stack["tasks"].get(f"/tasks/{relapse['payload']['task']['task_id']}").json()
+    return scene
+
+
+# --- three findings with a deduction → three tasks ---------------------------------------------
+
+
+def test_three_findings_with_a_deduction_open_three_green_tasks_for_the_subject_and_place(stack):
+    """Each finding with a deduction opens one task (the compliant item none), owned by the street,
+    naming the responsible subject, the place and the finding's photo; filterable by category."""
+    scene = open_three_tasks(stack)
+    api = stack["tasks"]
+    assert len(scene.opened) == 3
+    assert set(scene.by_item) == {"PT-02", "PT-03", "PT-06"}
+    for t in scene.tasks:
+        assert t["inspection_id"] == scene.inspection["inspection_id"]
         assert t["status"] == "open" and t["light"] == "green"
-        assert t["responsible"] == {"subject_id": subject["subject_id"], "node": COMMUNITY, "name": "周家山社区"}
+        assert t["responsible"] == {"subject_id": scene.subject["subject_id"], "node": COMMUNITY, "name": "周家山社区"}
         assert t["inspecting_node"] == STREET and t["owner_node"] == STREET
-        assert t["evidence"] == [stored(PHOTO_BEFORE)] and t["place"]["place_id"] == place["place_id"]
+        assert t["evidence"] == [stored(PHOTO_BEFORE)] and t["place"]["place_id"] == scene.place["place_id"]
+    assert api.get("/tasks?category=SAN").json()[0]["task_id"] == scene.overdue_task["task_id"]
+
+
+def test_task_deadlines_come_from_the_item_the_inspector_or_immediately(stack):
+    """PT-03 is due 24 h after the finding (the item's limit), PT-06 on the inspector's date, PT-02
+    "immediately" (end of the inspection's day, at least 2 h later) and is critical."""
+    scene = open_three_tasks(stack)
+    on_time_task, overdue_task, rejected_task = scene.on_time_task, scene.overdue_task, scene.rejected_task
+    found_at = scene.found_at
     assert parse_time(on_time_task["deadline_at"]) == found_at + timedelta(hours=24)
     assert on_time_task["deadline_source"] == "item" and on_time_task["severity"] == "major"
-    assert parse_time(rejected_task["deadline_at"]) == inspector_deadline
+    assert parse_time(rejected_task["deadline_at"]) == scene.inspector_deadline
     assert rejected_task["deadline_source"] == "inspector"
     assert overdue_task["deadline_source"] == "immediate" and overdue_task["severity"] == "critical"
     immediate_deadline = parse_time(overdue_task["deadline_at"])
     assert found_at + timedelta(hours=2) <= immediate_deadline <= found_at + timedelta(hours=26)
-    assert api.get("/tasks?category=SAN").json()[0]["task_id"] == overdue_task["task_id"]
 
-    # --- close one on time; illegal moves are refused and change nothing --------------------
-    who = people(api)
-    tid = on_time_task["task_id"]
-    counts_before = table_counts(stack["database_url"])
+
+# --- close one on time; illegal moves are refused and change nothing ------------------------------
+
+
+def test_illegal_moves_on_a_task_are_refused_and_change_nothing(stack):
+    """Verifying an open task, the inspector starting it, a fix without photos or note, the
+    subject verifying its own fix and rejecting a closed task are refused with the field named;
+    the refused fixes and verify leave the tables as they were, and the history only the legal moves."""
+    scene = open_three_tasks(stack)
+    who, tid = scene.who, scene.on_time_task["task_id"]
     refused = who["王芳"].post(f"/tasks/{tid}/verify", {})
     assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "status", refused.text
     not_the_subject = who["王芳"].post(f"/tasks/{tid}/start", {})
@@ -172,19 +311,42 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     assert table_counts(stack["database_url"]) == counts_before
     closed = who["王芳"].post(f"/tasks/{tid}/verify", {"note": "现场复查合格"})
     assert closed.status_code == 200, closed.text
+    assert [h["action"] for h in closed.json()["history"]] == ["open", "start", "submit_fix", "verify"]
+    assert who["王芳"].post(f"/tasks/{tid}/reject", {"reason": "x"}).status_code == 409
+
+
+def test_a_task_fixed_and_verified_before_its_deadline_closes_on_time(stack):
+    """Started and fixed by the subject's contact, verified by a street inspector: closed on time,
+    with the after photo, who did each step in the history, and a task_closed event."""
+    scene = open_three_tasks(stack)
+    responses = close_on_time(scene)
+    assert responses["start"].status_code == 200, responses["start"].text
+    fixed = responses["fix"]
+    assert fixed.status_code == 200 and fixed.json()["status"] == "fix_submitted", fixed.text
+    closed = responses["verify"]
+    assert closed.status_code == 200, closed.text
     closed = closed.json()
     assert closed["status"] == "closed" and closed["on_time"] is True and closed["light"] is None
     assert closed["verified_by"] == "王芳" and closed["after_evidence"] == [stored(PHOTO_AFTER)]
     assert [h["action"] for h in closed["history"]] == ["open", "start", "submit_fix", "verify"]
     assert [(h["actor"], h["actor_subject"], h["role"]) for h in closed["history"][1:]] == [
         ("张伟", "user-张伟", "rectifier"), ("张伟", "user-张伟", "rectifier"), ("王芳", "user-王芳", "inspector")]
-    [closed_event] = wait_events(tap, "task_closed", task_id=tid)
+    [closed_event] = wait_events(stack["tap"], "task_closed", task_id=scene.on_time_task["task_id"])
     assert closed_event["payload"]["on_time"] is True and closed_event["payload"]["verified_by"] == "王芳"
-    assert who["王芳"].post(f"/tasks/{tid}/reject", {"reason": "x"}).status_code == 409
 
-    # --- let one go overdue: urge notice, then escalation after the grace period ----------------
-    oid = overdue_task["task_id"]
-    clock.set_offset(immediate_deadline + timedelta(hours=1) - datetime.now(timezone.utc))
+
+# --- let one go overdue: urge notice, then escalation after the grace period ------------------------
+
+
+def test_a_task_past_its_deadline_turns_red_and_one_sweep_urges_it_once(stack):
+    """An hour past the deadline the task shows red; a sweep marks it overdue and sends one urge
+    (task_overdue, urge_count 1, overdue since the deadline); a second sweep at the same moment
+    does nothing, and the task stays open."""
+    scene = open_three_tasks(stack)
+    require_closed_on_time(scene)   # so that only the PT-02 task is past its deadline
+    api, tap, oid = stack["tasks"], stack["tap"], scene.overdue_task["task_id"]
+    immediate_deadline = scene.immediate_deadline
+    set_clock_past_the_immediate_deadline(scene, 1)
     assert api.get(f"/tasks/{oid}").json()["light"] == "red"
     assert [t["task_id"] for t in api.get("/tasks?light=red").json()] == [oid]
     sweep = api.post("/sweeps").json()
@@ -195,8 +357,18 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     again = api.post("/sweeps").json()
     assert (again["urged"], again["escalated"]) == (0, 0), "a second sweep at the same moment does nothing"
     assert api.get(f"/tasks/{oid}").json()["status"] == "open"
+    clock.reset()
 
-    clock.set_offset(immediate_deadline + timedelta(hours=49) - datetime.now(timezone.utc))
+
+def test_an_overdue_task_is_urged_again_and_escalated_to_the_district_after_the_grace_period(stack):
+    """49 h past the deadline (beyond the 48 h grace, a day after the first urge) a sweep urges a
+    second time and escalates to the district with 72 h to answer; the sweeper is the actor, and a
+    further sweep escalates nothing."""
+    scene = open_three_tasks(stack)
+    require_closed_on_time(scene)
+    require_urged_once(scene)
+    api, tap, oid = stack["tasks"], stack["tap"], scene.overdue_task["task_id"]
+    set_clock_past_the_immediate_deadline(scene, 49)
     sweep = api.post("/sweeps").json()
     assert (sweep["urged"], sweep["escalated"]) == (1, 1), sweep
     [escalation] = wait_events(tap, "task_escalated", task_id=oid)
@@ -213,40 +385,65 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     assert api.post("/sweeps").json()["escalated"] == 0
     clock.reset()
 
-    # --- reject, then verify the third ----------------------------------------------------------
-    rid = rejected_task["task_id"]
-    assert who["张伟"].post(f"/tasks/{rid}/start", {}).status_code == 200
-    body = {"note": "已更换水龙头", "after_photos": [PHOTO_AFTER]}
-    assert who["张伟"].post(f"/tasks/{rid}/fix", body).status_code == 200
-    rejected = who["李强"].post(f"/tasks/{rid}/reject", {"reason": "洗手池仍漏水"})
+
+# --- reject, then verify the third -------------------------------------------------------------------
+
+
+def test_a_rejected_fix_returns_the_task_to_work_and_a_second_fix_closes_it(stack):
+    """A rejected fix sends the task back to in_progress with the reason and the inspector recorded;
+    another contact of the subject fixes it again and the inspector verifies: the history and the
+    task_status_changed events show every step."""
+    scene = open_three_tasks(stack)
+    responses = reject_then_verify(scene)
+    rid = scene.rejected_task["task_id"]
+    assert responses["start"].status_code == 200
+    assert responses["fix"].status_code == 200
+    rejected = responses["reject"]
     assert rejected.status_code == 200 and rejected.json()["status"] == "in_progress", rejected.text
-    assert who["刘洋"].post(f"/tasks/{rid}/fix", {**body, "note": "已更换洗手池"}).status_code == 200
-    verified = who["李强"].post(f"/tasks/{rid}/verify", {})
+    assert responses["fix_again"].status_code == 200
+    verified = responses["verify"]
     assert verified.status_code == 200 and verified.json()["status"] == "closed", verified.text
-    history = api.get(f"/tasks/{rid}/history").json()
+    history = stack["tasks"].get(f"/tasks/{rid}/history").json()
     assert [(h["action"], h["from_status"], h["to_status"]) for h in history] == [
         ("open", None, "open"), ("start", "open", "in_progress"), ("submit_fix", "in_progress", "fix_submitted"),
         ("reject", "fix_submitted", "in_progress"), ("submit_fix", "in_progress", "fix_submitted"),
         ("verify", "fix_submitted", "closed")]
     assert history[3]["reason"] == "洗手池仍漏水" and history[3]["actor"] == "李强"
-    changes = wait_events(tap, "task_status_changed", 5, task_id=rid)
+    changes = wait_events(stack["tap"], "task_status_changed", 5, task_id=rid)
     assert [(c["payload"]["from_status"], c["payload"]["to_status"]) for c in changes][-2:] == [
         ("in_progress", "fix_submitted"), ("fix_submitted", "closed")]
 
-    # --- a new finding at the same place for the same item: relapse linked ----------------------
-    inspect(inspection_api, subject, place, [{"item_code": "PT-03", "findings": 1, "note": "又有臭味",
-                                              "evidence": [PHOTO_BEFORE]}], datetime.now(timezone.utc))
-    [relapse] = wait_events(tap, "task_relapsed")
+
+# --- a new finding at the same place for the same item: relapse linked -------------------------------
+
+
+def test_a_new_finding_for_the_same_item_and_place_after_close_out_is_a_linked_relapse(stack):
+    """After the PT-03 task is closed, a new PT-03 finding at the same toilet opens a task marked as a
+    relapse of it (task_relapsed), the only one listed under relapse=true."""
+    scene = open_three_tasks(stack)
+    require_closed_on_time(scene)
+    api, tid = stack["tasks"], scene.on_time_task["task_id"]
+    relapse = find_again(scene)
     assert relapse["payload"]["relapse_of"] == tid
     relapse_task = api.get(f"/tasks/{relapse['payload']['task']['task_id']}").json()
     assert relapse_task["relapse_of"] == tid and relapse_task["relapse"] is True
     assert relapse_task["item_code"] == "PT-03"
     assert [t["task_id"] for t in api.get("/tasks?relapse=true").json()] == [relapse_task["task_id"]]
 
-    # --- figures and the ledger exports -----------------------------------------------------------
+
+# --- figures and the ledger exports, after the whole lifecycle -----------------------------------------
+
+
+def test_ledger_figures_after_the_whole_lifecycle_are_served_and_published_in_order(stack):
+    """4 opened, 2 closed (both on time), 1 relapse, 1 overdue open: the same figures from /figures and
+    in the latest ledger_figures_updated, whose computed_at only grows though the clock went
+    forward and back."""
+    scene = whole_lifecycle(stack)
+    api, tap, subject = stack["tasks"], stack["tap"], scene.subject
     [figures] = api.get(f"/figures?subject_id={subject['subject_id']}").json()
     assert (figures["opened"], figures["closed"], figures["closed_on_time"], figures["relapses"]) == (4, 2, 2, 1)
     assert figures["close_rate"] == 0.5 and figures["on_time_rate"] == 1.0 and figures["overdue_open"] == 1
+
     def latest_figures():
         mine = events(tap, "ledger_figures_updated", subject_id=subject["subject_id"])
         return mine[-1] if mine and mine[-1]["payload"]["opened"] == 4 else None
@@ -258,20 +455,35 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
               for e in events(tap, "ledger_figures_updated", subject_id=subject["subject_id"])]
     assert len(stamps) >= 5 and all(a < b for a, b in zip(stamps, stamps[1:])), stamps
 
-    expected = {
-        tid: ("已销号", "是", "", "PT-03"),
-        oid: ("已上报协调", "", DISTRICT, "PT-02"),
-        rid: ("已销号", "是", "", "PT-06"),
-        relapse_task["task_id"]: ("待整改", "", "", "PT-03"),
+
+def expected_ledger(scene: Scene) -> dict[str, tuple]:
+    """Each task's (状态, 是否按期, 上报协调至, 检查项目) in the ledger after the whole lifecycle."""
+    return {
+        scene.on_time_task["task_id"]: ("已销号", "是", "", "PT-03"),
+        scene.overdue_task["task_id"]: ("已上报协调", "", DISTRICT, "PT-02"),
+        scene.rejected_task["task_id"]: ("已销号", "是", "", "PT-06"),
+        scene.relapse_task["task_id"]: ("待整改", "", "", "PT-03"),
     }
+
+
+def ledger_workbook(api):
     xlsx = api.get("/ledger/export.xlsx")
     assert xlsx.status_code == 200 and "spreadsheetml" in xlsx.headers["Content-Type"]
     book = load_workbook(io.BytesIO(xlsx.content))
-    sheet = book["整改台账"]
-    rows = list(sheet.iter_rows(values_only=True))
+    rows = list(book["整改台账"].iter_rows(values_only=True))
     header = list(rows[0])
+    return book, rows, header, {name: header.index(name) for name in header}
+
+
+def test_the_xlsx_ledger_lists_every_task_with_its_outcome_and_what_rebuilds_the_inspection(stack):
+    """The 整改台账 sheet has one row per task with its status, on-time mark, escalation, relapse link,
+    findings, inspection, light, urges and severity; the 汇总 sheet counts per subject."""
+    scene = whole_lifecycle(stack)
+    api, subject, inspection = stack["tasks"], scene.subject, scene.inspection
+    tid, oid = scene.on_time_task["task_id"], scene.overdue_task["task_id"]
+    expected = expected_ledger(scene)
+    book, rows, header, col = ledger_workbook(api)
     assert header[:5] == ["序号", "任务编号", "责任主体", "检查对象", "点位"]
-    col = {name: header.index(name) for name in header}
     assert len(rows) == 5
     for row in rows[1:]:
         status, on_time, escalated_to, item = expected[row[col["任务编号"]]]
@@ -279,7 +491,7 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
         assert (row[col["是否按期"]] or "") == on_time and (row[col["上报协调至"]] or "") == escalated_to
         assert row[col["责任主体"]] == "周家山社区" and row[col["点位"]] == "周家山路公厕"
     by_id = {row[col["任务编号"]]: row for row in rows[1:]}
-    assert by_id[relapse_task["task_id"]][col["反弹(关联任务)"]] == tid
+    assert by_id[scene.relapse_task["task_id"]][col["反弹(关联任务)"]] == tid
     # The findings behind a deduction, and what the history import needs to rebuild the inspection.
     assert by_id[oid][col["问题数"]] == 2 and by_id[tid][col["问题数"]] == 1
     assert by_id[oid][col["检查编号"]] == inspection["inspection_id"]
@@ -290,13 +502,28 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     summary = list(book["汇总"].iter_rows(values_only=True))
     assert summary[1][:3] == ("周家山社区", 4, 2)
 
+
+def test_the_csv_ledger_is_utf8_with_a_bom_and_matches_the_xlsx(stack):
+    """The CSV export starts with a UTF-8 BOM (for Excel), has the xlsx sheet's header and the same
+    status, on-time mark, escalation and item for every task."""
+    scene = whole_lifecycle(stack)
+    api = stack["tasks"]
+    _, _, header, col = ledger_workbook(api)
     csv_response = api.get("/ledger/export.csv")
     assert csv_response.status_code == 200 and csv_response.content.startswith(b"\xef\xbb\xbf")
     csv_rows = list(csv.reader(io.StringIO(csv_response.content.decode("utf-8-sig"))))
     assert csv_rows[0] == header
     assert {r[col["任务编号"]]: (r[col["状态"]], r[col["是否按期"]], r[col["上报协调至"]], r[col["检查项目"]])
-            for r in csv_rows[1:]} == expected
+            for r in csv_rows[1:]} == expected_ledger(scene)
 
+
+def test_ledger_exports_and_task_lists_filter_by_limit_status_and_period(stack):
+    """limit=2 gives two CSV rows, status=closed the two closed tasks; this month lists all four
+    tasks, a month without tasks none, and a month 13 is refused naming query.period."""
+    scene = whole_lifecycle(stack)
+    api = stack["tasks"]
+    tid, rid = scene.on_time_task["task_id"], scene.rejected_task["task_id"]
+    _, _, _, col = ledger_workbook(api)
     first_two = list(csv.reader(io.StringIO(api.get("/ledger/export.csv?limit=2").content.decode("utf-8-sig"))))
     assert len(first_two) == 3  # header + 2
     filtered = load_workbook(io.BytesIO(api.get("/ledger/export.xlsx?status=closed").content))["整改台账"]
@@ -307,7 +534,12 @@ def test_findings_to_close_out_overdue_escalation_rejection_relapse_and_exports(
     bad = api.get("/tasks?period=2026-13")
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.period"
 
-    metrics = api.get("/metrics").text
+
+def test_task_metrics_show_the_red_critical_task_the_sweeper_escalation_and_hours_to_fix(stack):
+    """After the whole lifecycle /metrics counts one open red critical task (the escalated PT-02),
+    the sweeper's escalation and the hours-to-fix histogram."""
+    whole_lifecycle(stack)
+    metrics = stack["tasks"].get("/metrics").text
     assert 'chuangwei_tasks_open{light="red",severity="critical"} 1.0' in metrics
     assert 'chuangwei_task_escalations_total{by="sweeper"}' in metrics
     assert "chuangwei_task_hours_to_fix_bucket" in metrics
