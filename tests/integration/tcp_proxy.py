@@ -92,19 +92,41 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            # Tracked at once: stop() may kill this acceptor while it connects upstream, and a
+            # client socket it forgot would leave its client waiting for an answer for ever
+            # (seen: a relay's connect that hung the service's stop).
+            self._sockets.add(client)
             if self._hanging:
-                self._sockets.add(client)  # held open, read by no one, until stop()
-                continue
+                continue  # held open, read by no one, until stop()
             try:
                 server = eventlet.connect(self.upstream)
             except OSError:
-                client.close()
+                self._close(client)
                 continue
-            self._sockets.update((client, server))
+            self._sockets.add(server)
             replies = self._pump_frames if self.amqp else self._pump
-            for pump in (eventlet.spawn(self._pump, client, server), eventlet.spawn(replies, server, client)):
+            pair = [eventlet.spawn(self._pump, client, server), eventlet.spawn(replies, server, client)]
+            ended: list = []
+            for pump in pair:
                 self._pumps.add(pump)
-                pump.link(lambda gt: self._pumps.discard(gt))
+                pump.link(self._pump_ended, pair, ended, client, server)
+
+    def _pump_ended(self, pump, pair, ended, client, server) -> None:
+        """One direction ended (EOF, or an error on either socket): end the other direction
+        before either socket is closed. A green thread still waiting on a descriptor closed
+        under it is never woken, and the number, reused by the next connection (libpq's
+        socket for one), leaves that connection hanging (seen: a relay's connect waiting for
+        ever, which hung the service's stop)."""
+        self._pumps.discard(pump)
+        if ended:  # the sibling's end, run by the kill below
+            return
+        ended.append(pump)
+        for other in pair:
+            if other is not pump:
+                self._pumps.discard(other)
+                other.kill()
+        self._close(client)
+        self._close(server)
 
     def _pump(self, source, target) -> None:
         try:
@@ -115,9 +137,6 @@ class TcpProxy:
                 target.sendall(data)
         except (OSError, EOFError):  # cut by stop(), or by either end
             pass
-        finally:
-            self._close(source)
-            self._close(target)
 
     def _pump_frames(self, source, target) -> None:
         """The broker's side of an AMQP connection, whole frames at a time (type, channel, size,
@@ -142,6 +161,3 @@ class TcpProxy:
                     target.sendall(b"".join(out))
         except (OSError, EOFError):
             pass
-        finally:
-            self._close(source)
-            self._close(target)
