@@ -3,7 +3,6 @@ cut off through a TCP proxy the test controls, never stopped (they are shared)."
 from __future__ import annotations
 
 import logging
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 import eventlet
@@ -46,6 +45,7 @@ def inspection_via_proxy(amqp_uri, database_url, db_proxy):
         yield support.ApiClient(f"http://127.0.0.1:{port}")
 
 
+RELAY_FAILURES = "chuangwei_outbox_relay_failures_total"
 SUBJECT = {"subject_type": "child_unit", "node": "411502008001", "name": "周家山社区"}
 
 
@@ -53,6 +53,7 @@ def test_a_database_outage_answers_503_with_retry_after_and_recovers(inspection_
     api = inspection_via_proxy
     assert api.get("/subjects").status_code == 200
     caplog.clear()
+    relay_failures = support.metric(api, RELAY_FAILURES, service="inspection")
     with caplog.at_level(logging.WARNING):
         db_proxy.stop()
         for _ in range(5):
@@ -60,8 +61,9 @@ def test_a_database_outage_answers_503_with_retry_after_and_recovers(inspection_
                 assert response.status_code == 503, response.text
                 assert response.headers["Retry-After"].isdigit()
                 assert response.json()["error"] == "service_unavailable"
-        # Let the outbox relay poll a few times against the dead database too.
-        time.sleep(1.5)
+        # The outbox relay polls the dead database too: a few of its rounds fail before the count.
+        support.wait_until(lambda: support.metric(api, RELAY_FAILURES, service="inspection") >= relay_failures + 3,
+                           message="three failed outbox relay rounds")
     # Operators read one line per outage and source, not a traceback per request or poll.
     turned_away = [r for r in caplog.records if "answering 503" in r.getMessage()]
     relay = [r for r in caplog.records if r.name == "services.plumbing.outbox"]
