@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
@@ -17,13 +17,20 @@ from services.scoring.operations.children import silence
 from services.scoring.operations.entries import recompute_out
 
 
+# A figure's explanation and last published copy are JSON documents a list never shows: a
+# city's year ranking carried 38 MiB of them, decoded on every GET /rankings (issue 11).
+FIGURE_ONLY = (defer(PeriodScore.explain), defer(PeriodScore.published))
+
+
 def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetime | None = None) -> list[dict]:
     """Mark each figure of a child stack (its report is this tier's input for it) whose link
     has been silent longer than the policy's `rollup.stale_after_hours`: a figure that may
     no longer be true is shown as such, not as current (issue 12)."""
-    nodes = {f["node"] for f in figures}
-    heard = {r.child_node: r for r in session.execute(
-        select(ChildFreshness).where(ChildFreshness.child_node.in_(nodes))).scalars()} if nodes else {}
+    if not figures:
+        return figures
+    # Every child stack's row (a handful, one per CHILD_STACKS entry) rather than an IN over
+    # every figure's node: a city's ranking has 3,474 of them (issue 11's read benchmark).
+    heard = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()}
     if not heard:
         return figures
     now, scorer = now or _now(), Scorer(session, ctx)
@@ -47,7 +54,7 @@ def ranking(session: Session, ctx: Context, principal: PrincipalLike, period_key
     if tier is None:
         below = domain.TIER_ORDER.index(ctx.home_tier) + 1
         tier = str(domain.TIER_ORDER[min(below, len(domain.TIER_ORDER) - 1)])
-    rows = session.execute(select(PeriodScore).where(
+    rows = session.execute(select(PeriodScore).options(*FIGURE_ONLY).where(
         PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key, PeriodScore.tier == tier,
         PeriodScore.subject_type == subject_type).order_by(PeriodScore.position, PeriodScore.subject_id)).scalars().all()
     peers = sum(1 for r in rows if r.ranked)
@@ -91,7 +98,7 @@ def _readable_subject(session: Session, ctx: Context, principal: PrincipalLike, 
 def history(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str,
             period_kind: str | None) -> dict:
     subject = _readable_subject(session, ctx, principal, subject_id)
-    stmt = select(PeriodScore).where(PeriodScore.subject_id == subject.subject_id)
+    stmt = select(PeriodScore).options(*FIGURE_ONLY).where(PeriodScore.subject_id == subject.subject_id)
     if period_kind:
         stmt = stmt.where(PeriodScore.period_kind == period_kind)
     rows = session.execute(stmt).scalars().all()
