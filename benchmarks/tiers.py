@@ -49,6 +49,7 @@ import requests  # noqa: E402
 from eventlet.queue import LightQueue  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
+from benchmarks.pipeline import percentile  # noqa: E402
 from services.inspection.service import InspectionService  # noqa: E402
 from services.scoring.service import ScoringService  # noqa: E402
 from services.tasks.service import TasksService  # noqa: E402
@@ -68,13 +69,6 @@ TOLERANCE = 0.006  # every tier rounds to two decimals
 # (hop, the stack whose scoring answers, tier, node): the community's own figure, then each tier's.
 WATCHED = [("community", ZHOUJIASHAN, "community", ZHOUJIASHAN), ("street", JINNIUSHAN, "community", ZHOUJIASHAN),
            ("district", SHIHE, "street", JINNIUSHAN), ("city", CITY, "district", SHIHE)]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def expected(self_scores: list[int]) -> dict[str, float]:
