@@ -156,7 +156,7 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
     rabbit.create_vhost(vhost)
     database_url = pg.create_database(dbname)
     ports = {svc: support.free_port() for svc in ("inspection", "scoring", "tasks")}
-    config = support.base_config(support.with_vhost(support.DEFAULT_AMQP_URI, vhost), database_url, node=CITY,
+    config = support.base_config(support.with_vhost(support.DEFAULT_AMQP_URI, vhost), database_url, node=CITY, GC_FREEZE_AT_START=True,
                                  WEB_ADDRESSES={s: f"127.0.0.1:{p}" for s, p in ports.items()},
                                  TASKS_SWEEP_INTERVAL=0, OUTBOX_POLL_INTERVAL=0.2, SCORING_POLICY="street",
                                  DB_POOL_SIZE=2, DB_MAX_OVERFLOW=2)

@@ -15,9 +15,11 @@ must move nothing, and the API must show the seeded ranks.
 
 信阳市's stack (inspection, scoring and tasks in this process, on a PostgreSQL cluster of its
 own and a fresh vhost) then answers `GET /rankings?tier=community` for each of --periods in
-turn, asked continuously by --clients for --seconds: idle, then while --submitters clients post
-live inspections dated Monday 7 December 2026, so that the current week, month, quarter, half
-year and year are re-scored and re-ranked meanwhile. Figures, not pass/fail.
+turn, asked continuously by --clients (in a process of their own) for --seconds: idle, then
+while --submitters clients post live inspections dated Monday 7 December 2026, so that the
+current week, month, quarter, half year and year are re-scored and re-ranked meanwhile. The
+scoring service keeps serialised figures (operations/ranking_cache.py): how many answers' figures
+came from it is printed too. Figures, not pass/fail.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ import json
 import os
 import pickle
 import random
-import resource
+import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +54,7 @@ from sqlalchemy import create_engine, select  # noqa: E402
 from sqlalchemy.dialects import postgresql  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from benchmarks.pipeline import communities, percentile, rss_mib  # noqa: E402
+from benchmarks.pipeline import communities, percentile  # noqa: E402
 from services.contracts.nodes import ancestors_of, is_within, load_division_rows, parent_of, tier_of  # noqa: E402
 from services.contracts.periods import Period  # noqa: E402
 from services.inspection.service import InspectionService  # noqa: E402
@@ -295,6 +298,61 @@ def measure(scoring_url: str, token: str, periods: list[str], clients: int, seco
     return out
 
 
+SERVICES = {"inspection": InspectionService, "scoring": ScoringService, "tasks": TasksService}
+
+
+@contextlib.contextmanager
+def serving(config: dict, name: str):
+    """One service in a process of its own, as docker-compose runs each (`nameko run`): the
+    scoring service's answers do not wait for the inspection service's work in the same thread."""
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--config-json", json.dumps(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        health = support.ApiClient(f"http://{config['WEB_ADDRESSES'][name]}")
+
+        def up() -> bool:
+            try:
+                return proc.poll() is not None or health.get("/health/live").status_code == 200
+            except OSError:  # requests' ConnectionError: not listening yet
+                return False
+        support.wait_until(up, timeout=120, message=f"{name} started")
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode} while starting")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(name: str, config: dict) -> None:
+    """The --serve process: run one service until SIGTERM."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    with support.running_services(config, SERVICES[name]):
+        while not stopping:
+            eventlet.sleep(0.2)
+
+
+def rss_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_elsewhere(**params) -> dict:
+    """measure() in a process of its own, as an office's browsers are: reading 1.6 MiB answers
+    is the clients' CPU, not the stack's (all three services share this process's one thread)."""
+    done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(params)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the clients' process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=3474, help="communities ranked together (the first N)")
@@ -304,7 +362,15 @@ def main() -> None:
     parser.add_argument("--periods", default="2026-11,2026-Q4,2026", help="the rankings asked, in turn")
     parser.add_argument("--skip-load", action="store_true", help="measure the idle stack only")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the read's statement")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # the clients' process (measure_elsewhere)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # a service's process (serving)
+    parser.add_argument("--config-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve, json.loads(args.config_json))
+    if args.measure:
+        print(json.dumps(measure(**json.loads(args.measure))), flush=True)
+        return
     periods = [p for p in args.periods.split(",") if p]
     month = next((p for p in periods if Period.parse(p).kind == "month"), "2026-11")  # checked before measuring
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the cleanup below runs
@@ -320,7 +386,7 @@ def main() -> None:
         database_url = cluster.create_database("chuangwei_rankings")
         dsn = database_url.replace("postgresql+psycopg2://", "postgresql://")
         ports = {svc: support.free_port() for svc in ("inspection", "scoring", "tasks")}
-        config = support.base_config(support.with_vhost(support.DEFAULT_AMQP_URI, vhost), database_url, node=CITY,
+        config = support.base_config(support.with_vhost(support.DEFAULT_AMQP_URI, vhost), database_url, node=CITY, GC_FREEZE_AT_START=True,
                                      WEB_ADDRESSES={s: f"127.0.0.1:{p}" for s, p in ports.items()},
                                      TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street",
                                      DB_POOL_SIZE=2, DB_MAX_OVERFLOW=1)  # infra/nameko.yaml's defaults
@@ -334,7 +400,7 @@ def main() -> None:
         if args.explain:
             explain_reads(dsn, periods)
 
-        cleanup.enter_context(support.running_services(config, InspectionService, ScoringService, TasksService))
+        processes = {name: cleanup.enter_context(serving(config, name)) for name in SERVICES}
         token = support.token(ttl=24 * 3600)  # the default one expires after ten minutes
         scoring_url, inspection_url = (f"http://127.0.0.1:{ports[s]}" for s in ("scoring", "inspection"))
         answer = support.ApiClient(scoring_url, token=token).get(
@@ -343,18 +409,21 @@ def main() -> None:
             raise SystemExit(f"GET /rankings {month}: {answer['peers']} peers, not the {len(codes)} seeded ranks")
         print(f"GET /rankings {month}: the {len(codes)} communities ranked as seeded", flush=True)
 
-        runs = [("idle", measure(scoring_url, token, periods, args.clients, args.seconds))]
+        runs = [("idle", measure_elsewhere(scoring_url=scoring_url, token=token, periods=periods,
+                                           clients=args.clients, seconds=args.seconds))]
         if not args.skip_load:
             inspection, subjects = support.ApiClient(inspection_url, token=token), []
             for code in codes[:LOAD_SUBJECTS]:  # under the names scoring already knows them by
                 response = inspection.post("/subjects", {"subject_type": CHILD, "node": code, "name": names[code]})
                 assert response.status_code == 201, response.text
                 subjects.append(response.json()["subject_id"])
-            runs.append(("under load", measure(scoring_url, token, periods, args.clients, args.seconds,
-                                               inspection_url, subjects, args.submitters)))
+            runs.append(("under load", measure_elsewhere(
+                scoring_url=scoring_url, token=token, periods=periods, clients=args.clients, seconds=args.seconds,
+                inspection_url=inspection_url, subjects=subjects, submitters=args.submitters)))
             scored = support.scalar(database_url, "SELECT count(*) FROM scoring_inputs "
                                                   f"WHERE inspected_at >= '{LIVE_AT.isoformat()}'")
-        rss = rss_mib()
+        rss = {name: rss_of(proc.pid) for name, proc in processes.items()}
+        figures = support.ApiClient(scoring_url).get("/metrics").text
 
     print(f"\nGET /rankings?tier=community&period=… with {len(codes):,} communities and a year of weekly "
           f"inspections, {args.clients} clients asking in turn for {args.seconds:.0f} s\n")
@@ -380,8 +449,12 @@ def main() -> None:
               f"{percentile(done, 0.99) * 1000:,.0f} ms, {load['refused']} refused); scored meanwhile {scored} "
               f"({scored / elapsed:.1f}/s; scoring commits batches of up to 100)")
     print(f"rows seeded: {seeding}")
-    print(f"RSS of this process (the three services and the clients; the seeding ran in a child): {rss:.0f} MiB "
-          f"after the runs, peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    served = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'chuangwei_ranking_figures_total\{source="(\w+)"\} ([0-9.e+]+)', figures)}
+    print(f"figures in the answers: {served.get('cache', 0):,.0f} from scoring's cache, "
+          f"{served.get('database', 0):,.0f} read and serialised for the answer")
+    print("RSS after the runs, each service in a process of its own: "
+          + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from services.contracts.errors import PermissionDenied
-from services.contracts.nodes import is_within
+from services.contracts.nodes import is_within, subtree_prefix
 
 ADMINISTRATOR = "administrator"
 INSPECTOR = "inspector"
@@ -68,6 +68,11 @@ class Principal:
     def sees(self, node: str) -> bool:
         """Any role on `node` lets the caller read it."""
         return any(g.covers(node) for g in self.grants)
+
+    def seen_prefixes(self) -> tuple[str, ...]:
+        """What `sees` asks, for a list: a normalised 12-digit code is seen exactly when it
+        starts with one of these (`code.startswith(prefixes)`, without parsing each code)."""
+        return tuple(sorted({subtree_prefix(g.node) for g in self.grants}))
 
     def nodes_with(self, roles: Iterable[str] = ROLES) -> list[str]:
         """The nodes at the top of the caller's subtrees for these roles (for list filters)."""

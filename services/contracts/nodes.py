@@ -6,6 +6,7 @@ with the rest zero-filled, so tier, parent and ancestry are all derived from the
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -89,6 +90,7 @@ def ancestors_of(code: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=65536)  # asked per row of a list (who sees it): 3,474 rows a ranking
 def subtree_prefix(code: str) -> str:
     """The significant digits of `code`: every code in its subtree starts with them (for SQL
     `LIKE 'prefix%'` filters)."""

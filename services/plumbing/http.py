@@ -123,8 +123,12 @@ def json_response(payload: Any, status: int = 200, headers: dict | None = None) 
         payload = payload.model_dump(mode="json")
     elif isinstance(payload, list) and payload and isinstance(payload[0], BaseModel):
         payload = [p.model_dump(mode="json") for p in payload]
-    body = json.dumps(payload, ensure_ascii=False, default=str)
-    return Response(body, status=status, headers=headers, content_type="application/json; charset=utf-8")
+    return json_text_response(json.dumps(payload, ensure_ascii=False, default=str), status, headers)
+
+
+def json_text_response(text: str, status: int = 200, headers: dict | None = None) -> Response:
+    """A JSON document already serialised (e.g. assembled from cached parts)."""
+    return Response(text, status=status, headers=headers, content_type="application/json; charset=utf-8")
 
 
 def error_response(status: int, code: str, message: str, errors: list[dict] | None = None) -> Response:

@@ -16,3 +16,6 @@ SUBJECTS_RANKED = Gauge("chuangwei_subjects_ranked", "Subjects ranked in the las
 CHILD_LAST_HEARD = Gauge("chuangwei_child_last_heard_timestamp_seconds",
                          "When this tier last heard from each child stack (unix time); alert on time() - this",
                          ["child"])
+RANKING_FIGURES = Counter("chuangwei_ranking_figures_total",
+                          "Figures in GET /rankings answers, by where they came from: serialised earlier and "
+                          "unchanged since (cache), or read and serialised for this answer (database)", ["source"])

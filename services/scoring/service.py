@@ -24,7 +24,7 @@ from services.plumbing import operator_endpoints
 from services.plumbing.auth import ADMINISTRATOR, INSPECTOR, VIEWER, signed_in
 from services.plumbing.consumer import batching_event_handler, reliable_event_handler
 from services.plumbing.db import Database
-from services.plumbing.http import api
+from services.plumbing.http import api, json_text_response
 from services.plumbing.idempotency import apply_batch_once, apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import Identity
@@ -62,6 +62,17 @@ class PolicySeed(DependencyProvider):
         return str(self.container.config.get("SCORING_POLICY") or DEFAULT_POLICY)
 
 
+class RankingCacheProvider(DependencyProvider):
+    """The stack's cache of serialised ranking figures (operations.ranking_cache), one per
+    container. SCORING_RANKING_CACHE_ROWS bounds it (figures over all groups; 0: none)."""
+
+    def setup(self):
+        self.cache = ops.RankingCache(int(self.container.config.get("SCORING_RANKING_CACHE_ROWS", 50_000)))
+
+    def get_dependency(self, worker_ctx):
+        return self.cache
+
+
 class ScoringService(operator_endpoints.OperatorEndpoints):
     name = "scoring"
 
@@ -69,6 +80,7 @@ class ScoringService(operator_endpoints.OperatorEndpoints):
     outbox = Outbox(outbox_table)
     identity = Identity()
     default_policy = PolicySeed()
+    ranking_cache = RankingCacheProvider()
 
     def _ctx(self) -> ops.Context:
         return ops.Context(self.identity.home, self.identity.tree, self.outbox, self.default_policy)
@@ -172,9 +184,9 @@ class ScoringService(operator_endpoints.OperatorEndpoints):
          summary="排名 Ranking of a tier's peers for a period (ties share a rank; small samples listed apart; "
                  "only the rows of the caller's own subtree)")
     def get_ranking(self, request, query: RankingQuery, principal):
-        return RankingOut.model_validate(ops.ranking(self.db.session, self._ctx(), principal, query.period,
-                                                     str(query.tier) if query.tier else None,
-                                                     str(query.subject_type)))
+        return json_text_response(ops.ranking_json(self.db.session, self._ctx(), principal, query.period,
+                                                   str(query.tier) if query.tier else None,
+                                                   str(query.subject_type), self.ranking_cache))
 
     @api("GET", "/subjects/<subject_id>/scores", query=HistoryQuery, response=HistoryOut, access=READERS,
          summary="得分历史 A subject's scores, period by period")

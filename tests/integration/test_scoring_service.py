@@ -10,7 +10,7 @@ import re
 
 import pytest
 from kombu import Connection, Exchange, Producer
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 
 from services.inspection.service import InspectionService
 from services.scoring.models import PeriodScore, PolicyVersion, ScoreInputRow, outbox as scoring_outbox
@@ -192,6 +192,37 @@ def test_november_means_ranks_movement_and_grades_match_the_hand_worked_figures(
         assert rows[node]["grade"] == NOV_GRADE[node]
         assert rows[node]["subject_id"] == node  # a child unit is scored under its division code
         assert rows[node]["vetoed"] is False
+
+
+def ranking_figures(api, source: str) -> float:
+    m = re.search(r'chuangwei_ranking_figures_total\{source="%s"\} ([0-9.e+]+)' % source, api.get("/metrics").text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_ranking_asked_again_is_served_from_its_cache_and_shows_any_write_to_its_rows(stack):
+    """GET /rankings keeps each figure's JSON and serves it only while its row is the version it
+    was made from (operations/ranking_cache.py): a write by any path, even SQL that no scoring
+    code made, shows in the next answer, and only the changed row is read again."""
+    worked_example(stack)
+    scoring = stack["scoring"]
+    table = settled_november(scoring)
+    before = {source: ranking_figures(scoring, source) for source in ("cache", "database")}
+    assert ranking(scoring, "2026-11") == table
+    assert ranking_figures(scoring, "cache") - before["cache"] == 3
+    assert ranking_figures(scoring, "database") == before["database"]
+
+    engine = create_engine(stack["database_url"])
+    with engine.begin() as conn:
+        conn.execute(update(PeriodScore).where(PeriodScore.node == XIANGTANG, PeriodScore.period == "2026-11")
+                     .values(name="飨堂社区（更名）", score=91.5))
+    engine.dispose()
+    renamed = ranking(scoring, "2026-11")
+    assert by_node(renamed["ranking"])[XIANGTANG] == {**by_node(table["ranking"])[XIANGTANG],
+                                                      "name": "飨堂社区（更名）", "score": 91.5}
+    assert [r for r in renamed["ranking"] if r["node"] != XIANGTANG] == \
+        [r for r in table["ranking"] if r["node"] != XIANGTANG]
+    assert ranking_figures(scoring, "cache") - before["cache"] == 3 + 2
+    assert ranking_figures(scoring, "database") - before["database"] == 1
 
 
 def test_weeks_are_scored_but_not_ranked_under_the_street_scheme(stack):

@@ -20,6 +20,17 @@ def test_a_grant_covers_its_node_and_everything_below_it():
     assert p.sees(COMMUNITY) and not p.sees(OTHER_STREET)
 
 
+@pytest.mark.parametrize("grants", [
+    [("inspector", STREET)], [("viewer", CITY), ("rectifier", COMMUNITY)], [("viewer", COMMUNITY)],
+    [("administrator", "410000000000"), ("viewer", OTHER_STREET)], [],
+])
+def test_seen_prefixes_see_exactly_the_codes_sees_does(grants):
+    p = caller(*grants)
+    codes = [CITY, STREET, COMMUNITY, OTHER_STREET, "411502008006", "411502003001", "411503000000",
+             "410000000000", "420100000000", "411500000001"]
+    assert [c.startswith(p.seen_prefixes()) for c in codes] == [p.sees(c) for c in codes]
+
+
 def test_require_names_the_field_and_the_roles():
     p = caller(("viewer", STREET))
     assert p.require(("administrator", "viewer"), COMMUNITY) == "viewer"

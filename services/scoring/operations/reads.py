@@ -1,20 +1,24 @@
 """Reading figures: rankings, a subject's history, a score's explanation."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import literal_column, null, select
 from sqlalchemy.orm import Session, defer
 
 from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
-from services.scoring import domain
+from services.contracts.periods import Period
+from services.scoring import domain, metrics
 from services.scoring.models import ChildFreshness, PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
 from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLike, Context, require_in_stack,
                                                  on_inspecting_side, _now)
 from services.scoring.operations.scorer import Scorer, resolve_subject, score_row, figure_out
 from services.scoring.operations.children import silence
 from services.scoring.operations.entries import recompute_out
+from services.scoring.operations.ranking_cache import RankingCache
+from services.scoring.schemas import FigureOut, UnrankedOut
 
 
 # A figure's explanation and last published copy are JSON documents a list never shows: a
@@ -45,47 +49,95 @@ def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetim
     return figures
 
 
-def ranking(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
-            subject_type: str) -> dict:
-    """A tier's ranking for a period; the caller sees the rows of its own subtree only (a
-    community sees its own rank, not its peers' figures). `peers` counts every ranked peer."""
+def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
+                 subject_type: str, cache: RankingCache | None = None) -> str:
+    """A tier's ranking for a period as the JSON document GET /rankings answers (RankingOut);
+    the caller sees the rows of its own subtree only (a community sees its own rank, not its
+    peers' figures). `peers` counts every ranked peer. With a `cache`, figures whose row is
+    unchanged since the cache last serialised it are not read or serialised again."""
     period = domain.parse_period(period_key, "query.period")
     require_in_stack(ctx, principal, "query.tier")
     if tier is None:
         below = domain.TIER_ORDER.index(ctx.home_tier) + 1
         tier = str(domain.TIER_ORDER[min(below, len(domain.TIER_ORDER) - 1)])
-    rows = session.execute(select(PeriodScore).options(*FIGURE_ONLY).where(
-        PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key, PeriodScore.tier == tier,
-        PeriodScore.subject_type == subject_type).order_by(PeriodScore.position, PeriodScore.subject_id)).scalars().all()
-    peers = sum(1 for r in rows if r.ranked)
-    rows = [r for r in rows if principal.sees(r.node)]
-    ranked = [figure_out(r) for r in rows if r.ranked]
-    unranked = []
-    scorer = Scorer(session, ctx)
+    in_group = (PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key,
+                PeriodScore.tier == tier, PeriodScore.subject_type == subject_type)
+    version = literal_column("xmin::text") if session.get_bind().dialect.name == "postgresql" else null()
+    listing = session.execute(select(
+        PeriodScore.id, version, PeriodScore.node, PeriodScore.ranked, PeriodScore.score.is_(None),
+        PeriodScore.rank_min_inputs.is_(None)).where(*in_group).order_by(PeriodScore.position, PeriodScore.subject_id)).all()
+    peers = sum(1 for row in listing if row[3])
+    heard = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()} if subject_type == CHILD else {}
+
+    # A figure is a function of its row, except where it reads the time (a child stack's
+    # silence) or the policy in force (why a scored, sample-less row is unranked): those are
+    # made on every read, the rest come from the cache.
+    def live(node, ranked, unscored, no_minimum) -> bool:
+        return node in heard or (not ranked and not unscored and no_minimum)
+
+    cached, loaded = [(row_id, ver) for row_id, ver, *flags in listing if not live(*flags)], []
+
+    def load(ids: list[int]) -> dict[int, str]:
+        loaded.extend(ids)
+        return _serialised(_figures(session, ctx, period, tier, _figure_rows(session, in_group, ids)))
+
+    texts = (cache if cache is not None else RankingCache(0)).figures(
+        (str(period.kind), period.key, tier, subject_type), cached, load)
+    seen = principal.seen_prefixes()  # the stored nodes are normalised codes
+    shown = [(row_id, ranked) for row_id, _, node, ranked, *flags in listing if node.startswith(seen)]
+    uncached = {row_id for row_id, _, *flags in listing if live(*flags)}
+    if made_now := [row_id for row_id, _ in shown if row_id in uncached]:
+        figures = _figures(session, ctx, period, tier, _figure_rows(session, in_group, made_now))
+        texts.update(_serialised(dict(zip(figures, mark_stale(session, ctx, list(figures.values()))))))
+    metrics.RANKING_FIGURES.labels("cache").inc(len(cached) - len(loaded))
+    metrics.RANKING_FIGURES.labels("database").inc(len(loaded) + len(made_now))
+    head = json.dumps({"period": period.key, "period_kind": str(period.kind), "tier": tier,
+                       "subject_type": subject_type, "scoring_node": ctx.home, "peers": peers}, ensure_ascii=False)
+    return (head[:-1] + ', "ranking": [' + ", ".join(texts[row_id] for row_id, ranked in shown if ranked)
+            + '], "below_minimum_sample": [' + ", ".join(texts[row_id] for row_id, ranked in shown if not ranked)
+            + "]}")
+
+
+# Every column of a figure but its explanation and published copy (see FIGURE_ONLY).
+_FIGURE_COLUMNS = [c for c in PeriodScore.__table__.c if c.key not in ("explain", "published")]
+_FEW = 200  # up to this many ids are asked for by id; more, and the whole group is read once
+
+
+def _figure_rows(session: Session, in_group: tuple, ids: list[int]) -> list:
+    stmt = select(*_FIGURE_COLUMNS)
+    if len(ids) <= _FEW:
+        return session.execute(stmt.where(PeriodScore.id.in_(ids))).all()
+    wanted = set(ids)
+    return [row for row in session.execute(stmt.where(*in_group)).all() if row.id in wanted]
+
+
+def _figures(session: Session, ctx: Context, period: Period, tier: str, rows: list) -> dict[int, dict]:
+    """Each row's figure as the API shows it, by row id; an unranked one says why."""
+    out, scorer = {}, Scorer(session, ctx)
     for r in rows:
+        figure = out[r.id] = figure_out(r)
         if r.ranked:
             continue
-        out = figure_out(r)
         if r.score is None:
-            out["why_unranked"] = "no score in this period"
-            unranked.append(out)
-            continue
-        if r.rank_min_inputs is not None:  # the minimum sample the figure was ranked against
-            out["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {r.rank_min_inputs} "
-                                   f"(样本不足)")
-            unranked.append(out)
-            continue
-        _, policy = scorer.policy_for(session.get(Subject, r.subject_id))
-        rule = policy.ranking.tiers.get(Tier(tier))
-        if rule is None or period.kind not in policy.ranking.periods:
-            out["why_unranked"] = f"policy {policy.policy_id} does not rank {period.kind} for tier {tier}"
+            figure["why_unranked"] = "no score in this period"
+        elif r.rank_min_inputs is not None:  # the minimum sample the figure was ranked against
+            figure["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {r.rank_min_inputs} "
+                                      f"(样本不足)")
         else:
-            out["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {rule.min_inspections} "
-                                   f"(样本不足)")
-        unranked.append(out)
-    return {"period": period.key, "period_kind": str(period.kind), "tier": tier, "subject_type": subject_type,
-            "scoring_node": ctx.home, "peers": peers, "ranking": mark_stale(session, ctx, ranked),
-            "below_minimum_sample": mark_stale(session, ctx, unranked)}
+            _, policy = scorer.policy_for(session.get(Subject, r.subject_id))
+            rule = policy.ranking.tiers.get(Tier(tier))
+            if rule is None or period.kind not in policy.ranking.periods:
+                figure["why_unranked"] = f"policy {policy.policy_id} does not rank {period.kind} for tier {tier}"
+            else:
+                figure["why_unranked"] = (f"{r.inputs} inputs, below the minimum sample of {rule.min_inspections} "
+                                          f"(样本不足)")
+    return out
+
+
+def _serialised(figures: dict[int, dict]) -> dict[int, str]:
+    """The JSON text of each figure, through the response's own models (as the API would)."""
+    return {row_id: (UnrankedOut if "why_unranked" in figure else FigureOut).model_validate(figure)
+            .model_dump_json() for row_id, figure in figures.items()}
 
 
 def _readable_subject(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str) -> Subject:
@@ -155,4 +207,4 @@ def explain(session: Session, ctx: Context, principal: PrincipalLike, subject_id
     return {**figure, "explain": detail}
 
 
-__all__ = ['ranking', '_readable_subject', 'history', 'visible_inspections', 'explain']
+__all__ = ['ranking_json', 'RankingCache', '_readable_subject', 'history', 'visible_inspections', 'explain']
