@@ -441,8 +441,11 @@ def routine_score(inputs: Sequence[ScoreInput], period: Period, policy: Policy) 
         rule = policy.short_period_rule if period.kind in SHORT_PERIODS else policy.long_period_rule
         return RoutineScore(m.score, m.counted, rule, groups=m.groups, excluded=m.excluded)
     months, values, counted, excluded = [], [], 0, []
+    by_month: dict[str, list[ScoreInput]] = {}
+    for i in inputs:  # once each: a year's 52 inputs were dated 12 times over (issue 11)
+        by_month.setdefault(i.month, []).append(i)
     for month in period.months():
-        month_inputs = [i for i in inputs if i.month == month.key]
+        month_inputs = by_month.get(month.key)
         if not month_inputs:
             continue
         m = inspection_mean(month_inputs, policy)

@@ -23,9 +23,15 @@ NAMES = ["周家山社区", "飨堂社区", "四一社区", "龙井社区", "五
 
 
 def test_the_database_ranks_a_group_as_the_domain_rules_do():
-    rng = random.Random(11)
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
+    ranks_as_the_domain_rules_do(engine)
+
+
+def ranks_as_the_domain_rules_do(engine):
+    """rank_group on random groups gives the places domain.rank_peers gives (also run on
+    PostgreSQL, whose path is another statement: tests/integration/test_rank_group_postgres.py)."""
+    rng = random.Random(11)
     now = datetime(2026, 11, 23, tzinfo=timezone.utc)
     for trial in range(30):
         with Session(engine) as session, session.begin():
