@@ -449,10 +449,11 @@ def main() -> None:
               f"{percentile(done, 0.99) * 1000:,.0f} ms, {load['refused']} refused); scored meanwhile {scored} "
               f"({scored / elapsed:.1f}/s; scoring commits batches of up to 100)")
     print(f"rows seeded: {seeding}")
-    served = {m.group(1): float(m.group(2)) for m in re.finditer(
-        r'chuangwei_ranking_figures_total\{source="(\w+)"\} ([0-9.e+]+)', figures)}
-    print(f"figures in the answers: {served.get('cache', 0):,.0f} from scoring's cache, "
-          f"{served.get('database', 0):,.0f} read and serialised for the answer")
+    served = {(m.group(1), m.group(2)): float(m.group(3)) for m in re.finditer(
+        r'chuangwei_ranking_(figures|answers)_total\{source="(\w+)"\} ([0-9.e+]+)', figures)}
+    print(f"answers: {served.get(('answers', 'cache'), 0):,.0f} given again (the group's rows unchanged), "
+          f"{served.get(('answers', 'built'), 0):,.0f} assembled, of figures {served.get(('figures', 'cache'), 0):,.0f} "
+          f"from scoring's cache and {served.get(('figures', 'database'), 0):,.0f} read and serialised for them")
     print("RSS after the runs, each service in a process of its own: "
           + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()))
 

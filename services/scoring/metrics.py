@@ -19,3 +19,6 @@ CHILD_LAST_HEARD = Gauge("chuangwei_child_last_heard_timestamp_seconds",
 RANKING_FIGURES = Counter("chuangwei_ranking_figures_total",
                           "Figures in GET /rankings answers, by where they came from: serialised earlier and "
                           "unchanged since (cache), or read and serialised for this answer (database)", ["source"])
+RANKING_ANSWERS = Counter("chuangwei_ranking_answers_total",
+                          "GET /rankings answers: the same text as an earlier answer made from the same rows "
+                          "(cache), or assembled from figures (built)", ["source"])

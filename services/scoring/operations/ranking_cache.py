@@ -9,11 +9,16 @@ rows whose `xmin` is not the one cached: any update of a row writes a new versio
 `xmin`, so a cached figure is served only while it is exactly the stored one (nothing to
 invalidate, whichever code path wrote the row). Databases without `xmin` get no cache.
 
+Whole answers are kept too, under a fingerprint of the group's rows (each id and `xmin`, in
+rank order): while the database's fingerprint of the group is the one an answer was made
+from, the answer is the same text, and a read costs one statement that returns one row.
+
 One cache per stack (a service container holds it), bounded by `max_rows` figures over all
-groups, least recently asked group evicted first. No nameko imports.
+groups and `max_documents` answers, least recently asked evicted first. No nameko imports.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Callable, Hashable, Iterable
 
@@ -22,9 +27,11 @@ Version = str
 
 
 class RankingCache:
-    def __init__(self, max_rows: int = 50_000):
+    def __init__(self, max_rows: int = 50_000, max_documents: int = 16):
         self.max_rows = max(0, int(max_rows))
+        self.max_documents = max(0, int(max_documents)) if self.max_rows else 0
         self._groups: OrderedDict[GroupKey, dict[int, tuple[Version, str]]] = OrderedDict()
+        self._documents: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()
         self._rows = 0
         self.hits = 0
         self.misses = 0
@@ -57,6 +64,34 @@ class RankingCache:
             # The group as just read: rows gone from it (re-scored away) are forgotten with it.
             self._store(group, {row_id: (version, out[row_id]) for row_id, version in versions})
         return out
+
+    @staticmethod
+    def fingerprint(listing: Iterable[tuple[int, Version | None]]) -> str | None:
+        """md5 of "id:version,id:version,…" in the listing's order: what PostgreSQL computes as
+        md5(string_agg(id::text || ':' || xmin::text, ',' ORDER BY …)) for the same rows.
+        None if a row has no version."""
+        parts = []
+        for row_id, version in listing:
+            if version is None:
+                return None
+            parts.append(f"{row_id}:{version}")
+        return hashlib.md5(",".join(parts).encode()).hexdigest()
+
+    def document(self, key: Hashable, fingerprint: str | None) -> str | None:
+        """The answer kept under `key` if it was made from rows with this fingerprint."""
+        kept = self._documents.get(key)
+        if fingerprint is None or kept is None or kept[0] != fingerprint:
+            return None
+        self._documents.move_to_end(key)
+        return kept[1]
+
+    def keep_document(self, key: Hashable, fingerprint: str | None, text: str) -> None:
+        if fingerprint is None or not self.max_documents:
+            return
+        self._documents.pop(key, None)
+        self._documents[key] = (fingerprint, text)
+        while len(self._documents) > self.max_documents:
+            self._documents.popitem(last=False)
 
     def _store(self, group: GroupKey, entries: dict[int, tuple[Version, str]]) -> None:
         old = self._groups.pop(group, None)

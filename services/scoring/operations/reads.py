@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import literal_column, null, select
+from sqlalchemy import String, cast, func, literal_column, null, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, defer
 
 from services.contracts.errors import UnknownReference
@@ -53,7 +54,8 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
                  subject_type: str, cache: RankingCache | None = None) -> str:
     """A tier's ranking for a period as the JSON document GET /rankings answers (RankingOut);
     the caller sees the rows of its own subtree only (a community sees its own rank, not its
-    peers' figures). `peers` counts every ranked peer. With a `cache`, figures whose row is
+    peers' figures). `peers` counts every ranked peer. With a `cache`, an answer made from
+    exactly the rows the group has now is given again, and otherwise figures whose row is
     unchanged since the cache last serialised it are not read or serialised again."""
     period = domain.parse_period(period_key, "query.period")
     require_in_stack(ctx, principal, "query.tier")
@@ -62,12 +64,26 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
         tier = str(domain.TIER_ORDER[min(below, len(domain.TIER_ORDER) - 1)])
     in_group = (PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key,
                 PeriodScore.tier == tier, PeriodScore.subject_type == subject_type)
-    version = literal_column("xmin::text") if session.get_bind().dialect.name == "postgresql" else null()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    seen = principal.seen_prefixes()  # the stored nodes are normalised codes
+    heard = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()} if subject_type == CHILD else {}
+    # A kept answer has no row of a child stack known then (see `live` below); one heard of
+    # since may have gone silent, so the answer is kept under the stacks known.
+    answer_key = ((str(period.kind), period.key, tier, subject_type), seen, tuple(sorted(heard)))
+    if cache is not None and postgres:
+        # One row back: the group's fingerprint as RankingCache.fingerprint computes it.
+        fingerprint = session.execute(select(func.md5(func.string_agg(
+            cast(PeriodScore.id, String) + ":" + literal_column("xmin::text"),
+            aggregate_order_by(literal_column("','"), PeriodScore.position, PeriodScore.subject_id))))
+            .where(*in_group)).scalar()
+        if (answer := cache.document(answer_key, fingerprint)) is not None:
+            metrics.RANKING_ANSWERS.labels("cache").inc()
+            return answer
+    version = literal_column("xmin::text") if postgres else null()
     listing = session.execute(select(
         PeriodScore.id, version, PeriodScore.node, PeriodScore.ranked, PeriodScore.score.is_(None),
         PeriodScore.rank_min_inputs.is_(None)).where(*in_group).order_by(PeriodScore.position, PeriodScore.subject_id)).all()
     peers = sum(1 for row in listing if row[3])
-    heard = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()} if subject_type == CHILD else {}
 
     # A figure is a function of its row, except where it reads the time (a child stack's
     # silence) or the policy in force (why a scored, sample-less row is unranked): those are
@@ -83,7 +99,6 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
 
     texts = (cache if cache is not None else RankingCache(0)).figures(
         (str(period.kind), period.key, tier, subject_type), cached, load)
-    seen = principal.seen_prefixes()  # the stored nodes are normalised codes
     shown = [(row_id, ranked) for row_id, _, node, ranked, *flags in listing if node.startswith(seen)]
     uncached = {row_id for row_id, _, *flags in listing if live(*flags)}
     if made_now := [row_id for row_id, _ in shown if row_id in uncached]:
@@ -93,9 +108,13 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
     metrics.RANKING_FIGURES.labels("database").inc(len(loaded) + len(made_now))
     head = json.dumps({"period": period.key, "period_kind": str(period.kind), "tier": tier,
                        "subject_type": subject_type, "scoring_node": ctx.home, "peers": peers}, ensure_ascii=False)
-    return (head[:-1] + ', "ranking": [' + ", ".join(texts[row_id] for row_id, ranked in shown if ranked)
-            + '], "below_minimum_sample": [' + ", ".join(texts[row_id] for row_id, ranked in shown if not ranked)
-            + "]}")
+    answer = (head[:-1] + ', "ranking": [' + ", ".join(texts[row_id] for row_id, ranked in shown if ranked)
+              + '], "below_minimum_sample": [' + ", ".join(texts[row_id] for row_id, ranked in shown if not ranked)
+              + "]}")
+    metrics.RANKING_ANSWERS.labels("built").inc()
+    if cache is not None and not made_now:  # nothing in it read the clock or the policy in force
+        cache.keep_document(answer_key, RankingCache.fingerprint((row_id, ver) for row_id, ver, *_ in listing), answer)
+    return answer
 
 
 # Every column of a figure but its explanation and published copy (see FIGURE_ONLY).

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from services.contracts.errors import UnknownReference
 from services.contracts.events.scoring import PolicyRef, RankChange, RankingPublished, ScoredSubject, ScorePublishedV2
@@ -15,6 +15,7 @@ from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_ke
 from services.scoring import domain, metrics
 from services.scoring.models import (Appraisal, ChildScore, LedgerFigures, PeriodScore, PolicyVersion, Ranking, ScoreInputRow,
                                      Subject, SubjectAlias, VectorVerdictInput, Veto)
+from services.plumbing.cooperative import breathe
 from services.plumbing.sql import binary_collation, is_postgres
 from services.scoring.operations.context import CHILD, Context, _now, evaluating_node
 from services.scoring.operations.policies import seed_default_policy, _latest_policy_rows, _effective_row
@@ -96,8 +97,11 @@ class Scorer:
             Subject.subject_id.in_(subject_ids))).scalars()}
         column = getattr(ScoreInputRow, kind)
         inputs: dict[str, list] = {}
-        for r in s.execute(select(ScoreInputRow).where(ScoreInputRow.subject_id.in_(subject_ids), column == key)
-                           .order_by(ScoreInputRow.inspected_at, ScoreInputRow.inspection_id)).scalars():
+        # Columns, not objects: a year's inputs of 100 subjects are 5,200 rows (issue 11).
+        for r in s.execute(select(ScoreInputRow.subject_id, ScoreInputRow.inspection_id, ScoreInputRow.kind,
+                                  ScoreInputRow.score, ScoreInputRow.scale, ScoreInputRow.inspected_at)
+                           .where(ScoreInputRow.subject_id.in_(subject_ids), column == key)
+                           .order_by(ScoreInputRow.inspected_at, ScoreInputRow.inspection_id)):
             inputs.setdefault(r.subject_id, []).append(
                 domain.ScoreInput(r.inspection_id, r.kind, r.score, r.scale, r.inspected_at))
         parents = [sid for sid, x in subjects.items() if x.subject_type == CHILD and x.subject_id == x.node]
@@ -139,6 +143,7 @@ class Scorer:
             PeriodScore.period == key)).scalars()}
         out = []
         for subject_id in subject_ids:
+            breathe()
             subject = subjects[subject_id]
             policy_row, policy = self.policy_for(subject)
             appraisal = appraisals.get(subject_id)
@@ -232,6 +237,7 @@ class Scorer:
                     moved.setdefault((kind, following.key, tier, subject_type), []).extend(after)
         if self._touched:
             for row in self._touched_rows():
+                breathe()
                 if self._publish_if_changed(row):
                     published += 1
         for group, changes in sorted(moved.items()):
@@ -262,7 +268,7 @@ class Scorer:
             by_period.setdefault((kind, key), []).append(subject_id)
         rows = []
         for (kind, key), ids in sorted(by_period.items()):
-            rows.extend(self.session.execute(select(PeriodScore).where(
+            rows.extend(self.session.execute(select(PeriodScore).options(defer(PeriodScore.explain)).where(
                 PeriodScore.period_kind == kind, PeriodScore.period == key,
                 PeriodScore.subject_id.in_(ids))).scalars())
         return sorted(rows, key=lambda r: (r.period_kind, r.period, r.tier, r.subject_type, r.subject_id))
@@ -287,9 +293,7 @@ class Scorer:
         event = RankingPublished(
             scoring_node=self.ctx.home, period_kind=kind, period=key, tier=tier, subject_type=subject_type,
             version=ranking.version, peers=peers, computed_at=now,
-            changes=[RankChange(subject=ScoredSubject(subject_id=c["subject_id"], node=c["node"], name=c["name"],
-                                                      subject_type=subject_type),
-                                rank=c["rank"], ranked=c["ranked"], movement=c["movement"]) for c in entries])
+            changes=[_rank_change(c, subject_type) for c in entries])
         self._staged.append((event, {}))
         metrics.RANKINGS_PUBLISHED.labels(kind).inc()
         return True
@@ -335,6 +339,13 @@ class Scorer:
             for obj in list(self.session.identity_map.values()):  # loaded copies would show the old one
                 if isinstance(obj, ChildScore):
                     self.session.expire(obj, ["revision"])
+
+
+def _rank_change(change: dict, subject_type: str) -> RankChange:
+    breathe()  # a city's ranking event may carry thousands
+    return RankChange(subject=ScoredSubject(subject_id=change["subject_id"], node=change["node"], name=change["name"],
+                                            subject_type=subject_type),
+                      rank=change["rank"], ranked=change["ranked"], movement=change["movement"])
 
 
 RANK_INPUTS = {"score", "inputs", "rank_min_inputs", "name"}

@@ -2,6 +2,8 @@
 version is the one it was serialised from."""
 from __future__ import annotations
 
+import hashlib
+
 from services.scoring.operations.ranking_cache import RankingCache
 
 
@@ -57,3 +59,25 @@ def test_a_group_larger_than_the_cache_or_a_cache_of_size_zero_keeps_nothing():
         load = Loader({1: "a", 2: "b", 3: "c"})
         assert cache.figures("g", [(1, "v"), (2, "v"), (3, "v")], load) == {1: "a", 2: "b", 3: "c"}
         assert len(cache) == 0
+
+
+def test_a_kept_answer_is_given_only_for_the_fingerprint_it_was_made_from():
+    cache = RankingCache(max_documents=2)
+    made_from = RankingCache.fingerprint([(1, "100"), (2, "101")])
+    assert made_from == hashlib.md5(b"1:100,2:101").hexdigest()  # as PostgreSQL's md5(string_agg(...))
+    assert RankingCache.fingerprint([(2, "101"), (1, "100")]) != made_from  # the order is part of it
+    assert RankingCache.fingerprint([(1, "100"), (2, None)]) is None
+    cache.keep_document("k", made_from, "{answer}")
+    assert cache.document("k", made_from) == "{answer}"
+    assert cache.document("k", RankingCache.fingerprint([(1, "100"), (2, "107")])) is None
+    assert cache.document("k", None) is None and cache.document("other", made_from) is None
+    cache.keep_document("k2", made_from, "2")
+    cache.document("k", made_from)  # asked: now the most recent
+    cache.keep_document("k3", made_from, "3")
+    assert cache.document("k2", made_from) is None and cache.document("k", made_from) == "{answer}"
+
+
+def test_a_cache_of_size_zero_keeps_no_answer_either():
+    cache = RankingCache(max_rows=0)
+    cache.keep_document("k", "f", "text")
+    assert cache.document("k", "f") is None

@@ -1,0 +1,23 @@
+"""Long computations that let the rest of their process run.
+
+A service's HTTP requests and its consumers share one thread (eventlet's green threads switch
+only when one waits). A scoring batch at city scale computes for seconds between its
+statements' waits, in stretches of up to 150 ms, and every `GET /rankings` arriving meanwhile
+waited that long (issue 11). `breathe()`, called in such loops, gives the others a turn once
+`every` seconds of computing have passed: under nameko's monkey patching `time.sleep(0)` is a
+green yield; unpatched it only releases the GIL. No nameko import: use cases may call it.
+"""
+from __future__ import annotations
+
+import time
+
+EVERY = 0.01
+_last = time.perf_counter()
+
+
+def breathe(every: float = EVERY) -> None:
+    global _last
+    now = time.perf_counter()
+    if now - _last >= every:
+        time.sleep(0)
+        _last = time.perf_counter()
