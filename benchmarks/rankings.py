@@ -1,7 +1,7 @@
 """Benchmark: GET /rankings on a city stack holding a year of weekly inspections, idle and under load.
 
     python benchmarks/rankings.py [--peers 3474] [--seconds 30] [--clients 2] [--skip-load]
-                                  [--submitters 4] [--periods 2026-11,2026-Q4,2026] [--explain]
+                                  [--submitters 4] [--rate 20] [--periods 2026-11,2026-Q4,2026] [--explain]
 
 Issue 11's target: `GET /rankings` for the city's communities with a year of weekly
 inspections, p99 ≤ 50 ms while the stack is under load. Feeding that year through the
@@ -13,12 +13,13 @@ aliases, every period's figure of every community, street, district and of the c
 inputs and the rankings. The scorer's own `rank_group` then re-ranks every seeded group and
 must move nothing, and the API must show the seeded ranks.
 
-信阳市's stack (inspection, scoring and tasks in this process, on a PostgreSQL cluster of its
-own and a fresh vhost) then answers `GET /rankings?tier=community` for each of --periods in
-turn, asked continuously by --clients (in a process of their own) for --seconds: idle, then
-while --submitters clients post live inspections dated Monday 7 December 2026, so that the
+信阳市's stack (inspection, scoring and tasks, each in a process of its own as docker-compose
+runs them, on a PostgreSQL cluster of its own and a fresh vhost) then answers
+`GET /rankings?tier=community` for each of --periods in turn, asked continuously by --clients
+(in a process of their own) for --seconds: idle, then while --submitters clients post --rate
+live inspections a second (0: as fast as they can), dated Monday 7 December 2026, so that the
 current week, month, quarter, half year and year are re-scored and re-ranked meanwhile. The
-scoring service keeps serialised figures (operations/ranking_cache.py): how many answers' figures
+scoring service keeps answers and serialised figures (operations/ranking_cache.py): how many
 came from it is printed too. Figures, not pass/fail.
 """
 from __future__ import annotations
@@ -258,7 +259,8 @@ def explain_reads(dsn: str, periods: list[str]) -> None:
 
 
 def measure(scoring_url: str, token: str, periods: list[str], clients: int, seconds: float,
-            inspection_url: str | None = None, subjects: list[str] = (), submitters: int = 0) -> dict:
+            inspection_url: str | None = None, subjects: list[str] = (), submitters: int = 0,
+            rate: float = 0) -> dict:
     """Ask the rankings from `clients` for `seconds`; with `inspection_url`, submit meanwhile."""
     out = {"latencies": {p: [] for p in periods}, "bytes": {}, "errors": 0, "submitted": [], "refused": 0}
     deadline = time.perf_counter() + seconds
@@ -278,6 +280,8 @@ def measure(scoring_url: str, token: str, periods: list[str], clients: int, seco
 
     def submit(i: int) -> None:
         api = support.ApiClient(inspection_url, token=token)
+        pause = submitters / rate if rate else 0  # each submitter's share of --rate
+        next_at = time.perf_counter()
         while time.perf_counter() < deadline:
             body = {"kind": "routine", "subject_id": subjects[i % len(subjects)], "inspectors": ["基准"],
                     "checklist": {"version": "2010.1", "code": "national-ten-areas"},
@@ -289,6 +293,8 @@ def measure(scoring_url: str, token: str, periods: list[str], clients: int, seco
             else:
                 out["refused"] += 1
             i += submitters
+            next_at += pause
+            eventlet.sleep(max(0.0, next_at - time.perf_counter()))
 
     threads = [eventlet.spawn(read, n) for n in range(clients)]
     threads += [eventlet.spawn(submit, n) for n in range(submitters if inspection_url else 0)]
@@ -359,6 +365,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="length of each measurement")
     parser.add_argument("--clients", type=int, default=2, help="clients asking GET /rankings continuously")
     parser.add_argument("--submitters", type=int, default=4, help="clients posting live inspections under load")
+    parser.add_argument("--rate", type=float, default=20,
+                        help="live inspections per second under load, over all submitters (0: as fast as they go)")
     parser.add_argument("--periods", default="2026-11,2026-Q4,2026", help="the rankings asked, in turn")
     parser.add_argument("--skip-load", action="store_true", help="measure the idle stack only")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the read's statement")
@@ -419,7 +427,7 @@ def main() -> None:
                 subjects.append(response.json()["subject_id"])
             runs.append(("under load", measure_elsewhere(
                 scoring_url=scoring_url, token=token, periods=periods, clients=args.clients, seconds=args.seconds,
-                inspection_url=inspection_url, subjects=subjects, submitters=args.submitters)))
+                inspection_url=inspection_url, subjects=subjects, submitters=args.submitters, rate=args.rate)))
             scored = support.scalar(database_url, "SELECT count(*) FROM scoring_inputs "
                                                   f"WHERE inspected_at >= '{LIVE_AT.isoformat()}'")
         rss = {name: rss_of(proc.pid) for name, proc in processes.items()}
@@ -444,7 +452,8 @@ def main() -> None:
     if not args.skip_load:
         load = runs[1][1]
         done, elapsed = load["submitted"], load["elapsed"]
-        print(f"load: {len(done)} live inspections posted by {args.submitters} clients in {elapsed:.0f} s "
+        print(f"load: {len(done)} live inspections posted by {args.submitters} clients in {elapsed:.0f} s, "
+              f"{'at most ' + format(args.rate, 'g') + '/s' if args.rate else 'as fast as they went'} "
               f"({len(done) / elapsed:.1f}/s, p50 / p99 {percentile(done, 0.5) * 1000:,.0f} / "
               f"{percentile(done, 0.99) * 1000:,.0f} ms, {load['refused']} refused); scored meanwhile {scored} "
               f"({scored / elapsed:.1f}/s; scoring commits batches of up to 100)")

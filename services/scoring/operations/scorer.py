@@ -138,7 +138,9 @@ class Scorer:
                                                                 VectorVerdictInput.period.in_(months))
                                .order_by(VectorVerdictInput.subject_id, VectorVerdictInput.period)).scalars():
                 vectors.setdefault(v.subject_id, []).append(domain.VectorInput(v.period, v.verdict, v.revision))
-        rows = {r.subject_id: r for r in s.execute(select(PeriodScore).where(
+        # The stored explanation (a street's or a city's lists every child) is read only where
+        # nothing else of the figure changed: otherwise it is replaced unread (issue 11).
+        rows = {r.subject_id: r for r in s.execute(select(PeriodScore).options(defer(PeriodScore.explain)).where(
             PeriodScore.subject_id.in_(subject_ids), PeriodScore.period_kind == kind,
             PeriodScore.period == key)).scalars()}
         out = []
@@ -169,7 +171,9 @@ class Scorer:
                 policy_version=policy_row.version,
                 explain={**result.explain, "policy": {"policy_id": policy_row.policy_id,
                                                       "version": policy_row.version, "node": policy_row.node}})
-            differs = [name for name, value in values.items() if new or getattr(row, name) != value]
+            differs = [name for name, value in values.items() if name != "explain" and (new or getattr(row, name) != value)]
+            if new or differs or row.explain != values["explain"]:
+                differs.append("explain")
             if differs:
                 # Untouched rows are not written at all: no UPDATE, no new computed_at.
                 for name in differs:
