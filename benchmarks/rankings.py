@@ -308,11 +308,13 @@ SERVICES = {"inspection": InspectionService, "scoring": ScoringService, "tasks":
 
 
 @contextlib.contextmanager
-def serving(config: dict, name: str):
+def serving(config: dict, name: str, gaps_file: str | None = None):
     """One service in a process of its own, as docker-compose runs each (`nameko run`): the
     scoring service's answers do not wait for the inspection service's work in the same thread."""
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--config-json", json.dumps(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, __file__, "--serve", name, "--config-json", json.dumps(config)]
+    if gaps_file:
+        command += ["--gaps", gaps_file]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         health = support.ApiClient(f"http://{config['WEB_ADDRESSES'][name]}")
 
@@ -334,13 +336,46 @@ def serving(config: dict, name: str):
             proc.wait()
 
 
-def serve(name: str, config: dict) -> None:
-    """The --serve process: run one service until SIGTERM."""
+def serve(name: str, config: dict, gaps_file: str | None = None) -> None:
+    """The --serve process: run one service until SIGTERM (with --gaps, watching its stalls)."""
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     with support.running_services(config, SERVICES[name]):
+        stalls = watch_stalls() if gaps_file else None
         while not stopping:
             eventlet.sleep(0.2)
+    if stalls is not None:
+        Path(gaps_file).write_text(json.dumps(stalls()))
+
+
+def watch_stalls(threshold: float = 0.03, tick: float = 0.005):
+    """Diagnostics (--gaps): how long this process's green threads waited for a turn, and
+    where the code was whenever a wait passed `threshold` (a SIGALRM armed before each turn
+    samples the stack then). Returns a function giving the summary."""
+    import collections
+    import traceback
+    where, waits = collections.Counter(), []
+
+    def on_alarm(_sig, frame):
+        where[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                          for f in reversed(traceback.extract_stack(frame)[-6:]))] += 1
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    def ticker():
+        last = time.perf_counter()
+        while True:
+            signal.setitimer(signal.ITIMER_REAL, threshold)
+            eventlet.sleep(tick)
+            now = time.perf_counter()
+            waits.append(now - last - tick)
+            last = now
+    eventlet.spawn(ticker)
+
+    def summary() -> dict:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return {"turns": len(waits), "over_ms": {ms: sum(1 for w in waits if w * 1000 > ms) for ms in (30, 50, 100, 200)},
+                "longest_ms": sorted(round(w * 1000) for w in waits)[-10:], "where": where.most_common(15)}
+    return summary
 
 
 def rss_of(pid: int) -> float:
@@ -373,9 +408,11 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the clients' process (measure_elsewhere)
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # a service's process (serving)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--gaps", metavar="FILE", help="diagnostics: write how long the scoring service's green "
+                                                       "threads waited for a turn, and where it computed meanwhile")
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, json.loads(args.config_json))
+        return serve(args.serve, json.loads(args.config_json), args.gaps)
     if args.measure:
         print(json.dumps(measure(**json.loads(args.measure))), flush=True)
         return
@@ -408,7 +445,8 @@ def main() -> None:
         if args.explain:
             explain_reads(dsn, periods)
 
-        processes = {name: cleanup.enter_context(serving(config, name)) for name in SERVICES}
+        processes = {name: cleanup.enter_context(serving(config, name, args.gaps if name == "scoring" else None))
+                     for name in SERVICES}
         token = support.token(ttl=24 * 3600)  # the default one expires after ten minutes
         scoring_url, inspection_url = (f"http://127.0.0.1:{ports[s]}" for s in ("scoring", "inspection"))
         answer = support.ApiClient(scoring_url, token=token).get(
@@ -465,6 +503,13 @@ def main() -> None:
           f"from scoring's cache and {served.get(('figures', 'database'), 0):,.0f} read and serialised for them")
     print("RSS after the runs, each service in a process of its own: "
           + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()))
+    if args.gaps and Path(args.gaps).exists():
+        stalls = json.loads(Path(args.gaps).read_text())
+        print(f"\nscoring's green threads waited for a turn (over {stalls['turns']:,} turns, idle and loaded): "
+              + ", ".join(f"{n} over {ms} ms" for ms, n in stalls["over_ms"].items())
+              + f"; longest {stalls['longest_ms']} ms; computing meanwhile:")
+        for stack, n in stalls["where"]:
+            print(f"  {n:4d}  {stack}")
 
 
 if __name__ == "__main__":

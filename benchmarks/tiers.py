@@ -56,8 +56,7 @@ from services.tasks.service import TasksService  # noqa: E402
 from services.tools import federation  # noqa: E402
 from tests import support  # noqa: E402
 from tests.nodes import PostgresCluster  # noqa: E402
-from tests.system.test_tiers import (CITY, JINNIUSHAN, MONTH, SHIHE, TIERS, ZHOUJIASHAN,  # noqa: E402
-                                     _deductions, subject)
+from tests.tiers import CITY, JINNIUSHAN, MONTH, SHIHE, TIERS, ZHOUJIASHAN, deductions, subject  # noqa: E402
 
 OTHERS = [f"41150200800{i}" for i in range(2, 9)]  # 金牛山街道's other communities in infra/divisions
 # The burst's inspections all score what each other community's seed did, so they move no
@@ -83,7 +82,7 @@ def body(subject_id: str, score: int, kind: str, i: int) -> dict:
     # Spread over November's days and hours: one month at every tier, never ahead of now.
     when = f"{MONTH}-{1 + i % 28:02d}T{8 + (i // 28) % 10:02d}:{(i // 280) % 60:02d}:00+08:00"
     return {"kind": kind, "subject_id": subject_id, "checklist": {"version": "2010.1", "code": "national-ten-areas"},
-            "inspectors": ["基准"], "inspected_at": when, "results": _deductions(100 - score)}
+            "inspectors": ["基准"], "inspected_at": when, "results": deductions(100 - score)}
 
 
 def count(engine, sql: str) -> int:

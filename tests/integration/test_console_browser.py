@@ -92,9 +92,19 @@ class Console:
         self.driver.save_screenshot(str(self.dir / f"{self.shots:02d}-{name}.png"))
 
     def until(self, predicate, message: str):
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
+
+        def check(_driver):
+            try:
+                return predicate()
+            except StaleElementReferenceException:
+                return False  # the page re-rendered between finding an element and reading it
+            except WebDriverException as exc:  # chromedriver's words for the same race
+                if "does not belong to the document" in str(exc):
+                    return False
+                raise
         try:
-            return self.wait.until(lambda d: predicate(), message=message)
+            return self.wait.until(check, message=message)
         except TimeoutException:
             # Keep what the page showed instead: the artifact explains the failure.
             self.driver.save_screenshot(str(self.dir / "failed.png"))

@@ -18,7 +18,8 @@ from services.plumbing.db import make_engine
 from services.scoring.models import ChildFreshness
 from services.tools import federation
 from tests import support
-from tests.system.test_tiers import JINNIUSHAN, MONTH, SHIHE, XIANGTANG, ZHOUJIASHAN, inspect, ranking, settle, subject
+from tests.system.test_tiers import ranking, settle
+from tests.tiers import JINNIUSHAN, MONTH, SHIHE, XIANGTANG, ZHOUJIASHAN, inspect, subject
 
 pytestmark = pytest.mark.system
 

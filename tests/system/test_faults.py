@@ -363,13 +363,13 @@ def poison_and_forged(amqp_uri: str, forged_id: str) -> None:
 
 
 def self_check(subject_id: str):
-    from tests.system.test_tiers import _deductions
+    from tests.tiers import deductions
 
     def body(key: str, n: int) -> dict:
         return {"kind": "self_check", "subject_id": subject_id, "idempotency_key": key,
                 "checklist": {"version": "2010.1", "code": "national-ten-areas"}, "inspectors": ["社区自查"],
                 "inspected_at": (datetime.now(timezone.utc) - timedelta(minutes=30)).isoformat(),
-                "results": _deductions(2 + n % 5)}
+                "results": deductions(2 + n % 5)}
     return body
 
 

@@ -14,7 +14,8 @@ from services.intake.service import IntakeService
 from services.plumbing import clock
 from tests import support
 from tests.integration.test_intake_service import case_of, platform, post_form
-from tests.system.test_tiers import JINNIUSHAN, ZHOUJIASHAN, settle
+from tests.system.test_tiers import settle
+from tests.tiers import JINNIUSHAN, ZHOUJIASHAN
 
 pytestmark = pytest.mark.system
 

@@ -1,4 +1,4 @@
-"""pytest-timeout under eventlet (tests/conftest.py): a hung test fails on its own, with the
+"""pytest-timeout under eventlet (tests/timeouts.py): a hung test fails on its own, with the
 stacks of the waiting greenlets, and the run goes on. pytest-timeout's own fallback ends the
 whole process at the first hang, and a CI run loses every later result."""
 from __future__ import annotations
