@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, defer
 from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
 from services.contracts.periods import Period
+from services.plumbing.cooperative import breathe
 from services.scoring import domain, metrics
 from services.scoring.models import ChildFreshness, PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
 from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLike, Context, require_in_stack,
@@ -134,6 +135,7 @@ def _figures(session: Session, ctx: Context, period: Period, tier: str, rows: li
     """Each row's figure as the API shows it, by row id; an unranked one says why."""
     out, scorer = {}, Scorer(session, ctx)
     for r in rows:
+        breathe()  # thousands of rows moved by a re-ranking: let the cached answers go out meanwhile
         figure = out[r.id] = figure_out(r)
         if r.ranked:
             continue
@@ -155,8 +157,11 @@ def _figures(session: Session, ctx: Context, period: Period, tier: str, rows: li
 
 def _serialised(figures: dict[int, dict]) -> dict[int, str]:
     """The JSON text of each figure, through the response's own models (as the API would)."""
-    return {row_id: (UnrankedOut if "why_unranked" in figure else FigureOut).model_validate(figure)
-            .model_dump_json() for row_id, figure in figures.items()}
+    out = {}
+    for row_id, figure in figures.items():
+        breathe()
+        out[row_id] = (UnrankedOut if "why_unranked" in figure else FigureOut).model_validate(figure).model_dump_json()
+    return out
 
 
 def _readable_subject(session: Session, ctx: Context, principal: PrincipalLike, subject_id: str) -> Subject:
