@@ -1,6 +1,6 @@
 """Benchmark: what one stack takes, end to end, against the ceilings of its broker and database.
 
-    python benchmarks/pipeline.py [--peers 8,100,500] [--inspections 300] [--concurrency 8]
+    python benchmarks/pipeline.py [--peers 8,100,500] [--inspections 300] [--concurrency 8] [--processes]
 
 First the ceilings, measured in the same run on the same machine: RabbitMQ publishing
 with publisher confirms (awaited per batch, as the outbox relay does) and consuming
@@ -16,9 +16,12 @@ together — the first N communities and villages of infra/divisions — and:
   SQL round trips per inspection on scoring's connections (an executemany in pages of 100);
 - GET /rankings (the month's community ranking) p50/p99, asked continuously while the
   stack works;
-- peak RSS of the process (the three services, the clients and this script).
+- peak RSS of the process (the three services, the clients and this script);
+- the most PostgreSQL connections the stack held.
 
-The table is printed at the end. Figures, not pass/fail: compare runs on the same machine.
+With --processes each service runs in a process of its own, as docker-compose deploys them
+(benchmarks/processes.py): scoring's SQL is then not counted, RSS is the largest service's.
+The table is printed at the end, then a verdict on each of issue 11's targets it measures. Figures, not pass/fail: compare runs on the same machine.
 Inspections per size: max(--inspections, --per-peer x peers), spread over October 2026; with
 --per-peer 2 (the default) each community has two in the month and is ranked (the street
 scheme's minimum sample).
@@ -30,6 +33,7 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402
 
 import argparse
+import contextlib
 import csv
 import resource
 import sys
@@ -45,6 +49,7 @@ import requests  # noqa: E402
 from kombu import Connection, Exchange, Producer, Queue  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
+from benchmarks.processes import SERVICES, rss_of, serving  # noqa: E402
 from services.inspection.service import InspectionService  # noqa: E402
 from services.plumbing.db import Database  # noqa: E402
 from services.plumbing.outbox import BatchConfirms  # noqa: E402
@@ -150,7 +155,19 @@ def engine_of(runner, service_name: str):
     return next(d for d in container.dependencies if isinstance(d, Database)).engine
 
 
-def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
+@contextlib.contextmanager
+def running(config: dict, separate: bool):
+    """The stack's three services: in this process (a ServiceRunner; scoring's SQL can be
+    counted), or each in a process of its own as docker-compose runs them (--processes)."""
+    if not separate:
+        with support.running_services(config, InspectionService, ScoringService, TasksService) as runner:
+            yield runner, {}
+        return
+    with contextlib.ExitStack() as stack:
+        yield None, {name: stack.enter_context(serving(config, name)) for name in SERVICES}
+
+
+def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = False) -> dict:
     rabbit, pg = support.RabbitAdmin(), support.PostgresAdmin()
     vhost, dbname = support.unique_name("bench"), support.unique_name("chuangwei_bench")
     rabbit.create_vhost(vhost)
@@ -162,13 +179,14 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
                                  DB_POOL_SIZE=2, DB_MAX_OVERFLOW=2)
     out: dict = {"peers": peers, "inspections": inspections}
     try:
-        with support.running_services(config, InspectionService, ScoringService, TasksService) as runner:
+        with running(config, separate) as (runner, processes):
             statements = {"n": 0}
 
             def count(conn, cursor, statement, parameters, context, executemany):
                 # A round trip each; an executemany goes in pages of 100 (values_plus_batch).
                 statements["n"] += -(-len(parameters) // 100) if executemany and parameters else 1
-            event.listen(engine_of(runner, "scoring"), "before_cursor_execute", count)
+            if runner is not None:  # scoring's engine is in this process to count on
+                event.listen(engine_of(runner, "scoring"), "before_cursor_execute", count)
 
             api = support.ApiClient(f"http://127.0.0.1:{ports['inspection']}")
             codes = communities(peers)
@@ -208,6 +226,15 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
                     ranking_latencies.append(time.perf_counter() - started)
                     eventlet.sleep(0.05)
             reader = eventlet.spawn(read_rankings)
+            connections = {"peak": 0}
+
+            def watch_connections():  # the stack's own, not this watcher's
+                while reading["on"]:
+                    held = support.scalar(database_url, "select count(*) - 1 from pg_stat_activity "
+                                                        "where datname = current_database()")
+                    connections["peak"] = max(connections["peak"], held)
+                    eventlet.sleep(0.5)
+            watcher = eventlet.spawn(watch_connections)
 
             statements["n"] = 0
             began = time.perf_counter()
@@ -222,6 +249,7 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
             settled = time.perf_counter() - began
             reading["on"] = False
             reader.wait()
+            watcher.wait()
 
             def quiet():
                 unsent = sum(support.scalar(database_url, f"select count(*) from {svc}_outbox "
@@ -230,7 +258,7 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
                 queues = requests.get(f"{rabbit.base}/queues/{vhost}", auth=rabbit.auth, timeout=10).json()
                 return unsent == 0 and sum(q.get("messages", 0) for q in queues) == 0
             support.wait_until(quiet, timeout=1800, interval=1.0, message="the stack quiet")
-            out["rss_mib"] = rss_mib()
+            out["rss_mib"] = max(rss_of(p.pid) for p in processes.values()) if processes else rss_mib()
             events = {svc: support.scalar(database_url, f"select count(*) from {svc}_outbox")
                       for svc in ("inspection", "scoring", "tasks")}
             out.update(
@@ -238,9 +266,10 @@ def run_stack(peers: int, inspections: int, concurrency: int) -> dict:
                 submit_per_s=inspections / submitted, scored_per_s=inspections / scored,
                 e2e_per_s=inspections / settled, events_per_inspection=sum(events.values()) / inspections,
                 scoring_events_per_inspection=events["scoring"] / inspections,
-                statements_per_inspection=statements["n"] / inspections,
+                statements_per_inspection=statements["n"] / inspections if runner is not None else None,
                 rankings_p50_ms=percentile(ranking_latencies, 0.5) * 1000,
                 rankings_p99_ms=percentile(ranking_latencies, 0.99) * 1000, rankings_reads=len(ranking_latencies),
+                db_connections_peak=connections["peak"],
                 ranked=support.scalar(database_url, "select count(*) from scoring_period_scores where ranked "
                                                     f"and period = '{MONTH}' and tier = 'community'"))
     finally:
@@ -254,6 +283,8 @@ def main() -> None:
     parser.add_argument("--peers", default="8,100,500", help="comma-separated numbers of ranked communities")
     parser.add_argument("--inspections", type=int, default=300, help="at least this many per size")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--processes", action="store_true",
+                        help="each service in a process of its own, as deployed (scoring's SQL is not counted)")
     parser.add_argument("--per-peer", type=int, default=2,
                         help="inspections per community at least (2 ranks each in the month; 1 is quicker)")
     args = parser.parse_args()
@@ -264,7 +295,7 @@ def main() -> None:
           f"PostgreSQL insert+commit {commits:.0f} tx/s", flush=True)
     rows = []
     for peers in [int(p) for p in args.peers.split(",") if p]:
-        result = run_stack(peers, max(args.inspections, args.per_peer * peers), args.concurrency)
+        result = run_stack(peers, max(args.inspections, args.per_peer * peers), args.concurrency, args.processes)
         rows.append(result)
         print(f"  {peers} peers done: {result}", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -278,7 +309,7 @@ def main() -> None:
     print(f"|---|{'---|' * len(rows)}")
 
     def line(label, fmt, key):
-        print(f"| {label} | {' | '.join(fmt.format(r[key]) for r in rows)} |")
+        print(f"| {label} | {' | '.join('n/a' if r[key] is None else fmt.format(r[key]) for r in rows)} |")
     line("inspections submitted", "{}", "inspections")
     line("submit throughput (inspections/s)", "{:.1f}", "submit_per_s")
     line("submit latency p50 / p99 (ms)", "{}", "submit_latency")
@@ -290,9 +321,39 @@ def main() -> None:
     line("GET /rankings p50 / p99 (ms), while working", "{}", "rankings")
     line("communities ranked in the month", "{}", "ranked")
     line("events/s as % of the broker's publish ceiling", "{}", "broker_share")
-    line("RSS after the run (MiB)", "{:.0f}", "rss_mib")
+    line("RSS after the run (MiB; with --processes the largest service's)", "{:.0f}", "rss_mib")
+    line("PostgreSQL connections held at most (three services)", "{}", "db_connections_peak")
     print(f"\nceilings: RabbitMQ publish {publish:.0f} msg/s (confirms per batch), consume {consume:.0f} msg/s; "
           f"PostgreSQL insert+commit {commits:.0f} tx/s; peak RSS of the process {peak:.0f} MiB")
+    print("\nissue 11's targets:")
+    for verdict in targets(rows, max(r["rss_mib"] for r in rows) if args.processes else peak, args.processes):
+        print(f"- {verdict}")
+
+
+def targets(rows: list[dict], peak_rss_mib: float, separate: bool = False) -> list[str]:
+    """Each of issue 11's targets this benchmark measures: met, or short by how much. (GET
+    /rankings with a year of data and the four hops: benchmarks/rankings.py and tiers.py.)"""
+    def verdict(value: float, target: float, unit: str, most: bool = False) -> str:
+        ok = value <= target if most else value >= target
+        return "met" if ok else f"short by {abs(value - target):,.2f}{unit}"
+    out = []
+    smallest, largest = min(rows, key=lambda r: r["peers"]), max(rows, key=lambda r: r["peers"])
+    if smallest["peers"] <= 8:
+        out.append(f"end to end ≥ 100 inspections/s at {smallest['peers']} peers: {smallest['e2e_per_s']:.1f}/s, "
+                   + verdict(smallest["e2e_per_s"], 100, "/s"))
+    if largest["peers"] >= 3000:
+        out.append(f"within 2× of that at {largest['peers']:,} peers (≥ 50/s): {largest['e2e_per_s']:.1f}/s, "
+                   + verdict(largest["e2e_per_s"], 50, "/s"))
+    out += [f"events published per inspection ≤ 8 at {r['peers']:,} peers: {r['events_per_inspection']:.2f}, "
+            + verdict(r["events_per_inspection"], 8, "", most=True) for r in rows]
+    held = max(r["db_connections_peak"] for r in rows)
+    out.append(f"≤ 20 database connections per stack: at most {held} held by these three services "
+               f"(a whole stack's configured maximum is 18: README, 'Database connections'), "
+               + verdict(held, 20, "", most=True))
+    whose = "the largest service's process" if separate else "this process (three services, the clients, this script)"
+    out.append(f"RSS ≤ 300 MB under load: {peak_rss_mib:.0f} MiB at most for {whose}, "
+               + verdict(peak_rss_mib * 1.048576, 300, " MB", most=True))
+    return out
 
 
 if __name__ == "__main__":

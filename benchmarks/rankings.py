@@ -56,14 +56,13 @@ from sqlalchemy.dialects import postgresql  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from benchmarks.pipeline import communities, percentile  # noqa: E402
+from benchmarks.processes import SERVICES, rss_of, serving  # noqa: E402
 from services.contracts.nodes import ancestors_of, is_within, load_division_rows, parent_of, tier_of  # noqa: E402
 from services.contracts.periods import Period  # noqa: E402
-from services.inspection.service import InspectionService  # noqa: E402
 from services.scoring import domain  # noqa: E402
 from services.scoring.models import PeriodScore  # noqa: E402
 from services.scoring.operations.scorer import rank_group  # noqa: E402
 from services.scoring.service import ScoringService  # noqa: E402
-from services.tasks.service import TasksService  # noqa: E402
 from tests import support  # noqa: E402
 from tests.nodes import PostgresCluster  # noqa: E402
 
@@ -304,87 +303,6 @@ def measure(scoring_url: str, token: str, periods: list[str], clients: int, seco
     return out
 
 
-SERVICES = {"inspection": InspectionService, "scoring": ScoringService, "tasks": TasksService}
-
-
-@contextlib.contextmanager
-def serving(config: dict, name: str, gaps_file: str | None = None):
-    """One service in a process of its own, as docker-compose runs each (`nameko run`): the
-    scoring service's answers do not wait for the inspection service's work in the same thread."""
-    command = [sys.executable, __file__, "--serve", name, "--config-json", json.dumps(config)]
-    if gaps_file:
-        command += ["--gaps", gaps_file]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        health = support.ApiClient(f"http://{config['WEB_ADDRESSES'][name]}")
-
-        def up() -> bool:
-            try:
-                return proc.poll() is not None or health.get("/health/live").status_code == 200
-            except OSError:  # requests' ConnectionError: not listening yet
-                return False
-        support.wait_until(up, timeout=120, message=f"{name} started")
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode} while starting")
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def serve(name: str, config: dict, gaps_file: str | None = None) -> None:
-    """The --serve process: run one service until SIGTERM (with --gaps, watching its stalls)."""
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    with support.running_services(config, SERVICES[name]):
-        stalls = watch_stalls() if gaps_file else None
-        while not stopping:
-            eventlet.sleep(0.2)
-    if stalls is not None:
-        Path(gaps_file).write_text(json.dumps(stalls()))
-
-
-def watch_stalls(threshold: float = 0.03, tick: float = 0.005):
-    """Diagnostics (--gaps): how long this process's green threads waited for a turn, and
-    where the code was whenever a wait passed `threshold` (a SIGALRM armed before each turn
-    samples the stack then). Returns a function giving the summary."""
-    import collections
-    import traceback
-    where, waits = collections.Counter(), []
-
-    def on_alarm(_sig, frame):
-        where[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
-                          for f in reversed(traceback.extract_stack(frame)[-6:]))] += 1
-    signal.signal(signal.SIGALRM, on_alarm)
-
-    def ticker():
-        last = time.perf_counter()
-        while True:
-            signal.setitimer(signal.ITIMER_REAL, threshold)
-            eventlet.sleep(tick)
-            now = time.perf_counter()
-            waits.append(now - last - tick)
-            last = now
-    eventlet.spawn(ticker)
-
-    def summary() -> dict:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        return {"turns": len(waits), "over_ms": {ms: sum(1 for w in waits if w * 1000 > ms) for ms in (30, 50, 100, 200)},
-                "longest_ms": sorted(round(w * 1000) for w in waits)[-10:], "where": where.most_common(15)}
-    return summary
-
-
-def rss_of(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure_elsewhere(**params) -> dict:
     """measure() in a process of its own, as an office's browsers are: reading 1.6 MiB answers
     is the clients' CPU, not the stack's (all three services share this process's one thread)."""
@@ -406,13 +324,9 @@ def main() -> None:
     parser.add_argument("--skip-load", action="store_true", help="measure the idle stack only")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of the read's statement")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the clients' process (measure_elsewhere)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)  # a service's process (serving)
-    parser.add_argument("--config-json", help=argparse.SUPPRESS)
     parser.add_argument("--gaps", metavar="FILE", help="diagnostics: write how long the scoring service's green "
                                                        "threads waited for a turn, and where it computed meanwhile")
     args = parser.parse_args()
-    if args.serve:
-        return serve(args.serve, json.loads(args.config_json), args.gaps)
     if args.measure:
         print(json.dumps(measure(**json.loads(args.measure))), flush=True)
         return
