@@ -1,6 +1,7 @@
 """Benchmark: what one stack takes, end to end, against the ceilings of its broker and database.
 
     python benchmarks/pipeline.py [--peers 8,100,500] [--inspections 300] [--concurrency 8] [--processes]
+                                  [--batch-size 1]
 
 First the ceilings, measured in the same run on the same machine: RabbitMQ publishing
 with publisher confirms (awaited per batch, as the outbox relay does) and consuming
@@ -9,7 +10,8 @@ number of peers, a fresh stack (inspection, scoring and tasks in this process, a
 vhost and database) at the city (信阳市), whose communities are the peers ranked
 together — the first N communities and villages of infra/divisions — and:
 
-- submit latency p50/p99 and throughput (HTTP POST /inspections from --concurrency clients);
+- submit latency p50/p99 and throughput (HTTP POST /inspections from --concurrency clients, or
+  POST /inspection-batches of --batch-size: latency per batch);
 - end to end: inspections/s until every submitted inspection is scored (rows in
   scoring_inputs, not events consumed) and every finding has its task;
 - events published per inspection (rows in every outbox once the stack is quiet) and
@@ -167,7 +169,7 @@ def running(config: dict, separate: bool):
         yield None, {name: stack.enter_context(serving(config, name)) for name in SERVICES}
 
 
-def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = False) -> dict:
+def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = False, batch_size: int = 1) -> dict:
     rabbit, pg = support.RabbitAdmin(), support.PostgresAdmin()
     vhost, dbname = support.unique_name("bench"), support.unique_name("chuangwei_bench")
     rabbit.create_vhost(vhost)
@@ -202,14 +204,21 @@ def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = F
             out["seed_s"] = time.perf_counter() - began
             start_day = datetime(2026, 9, 30, 18, 0, tzinfo=timezone.utc)  # 1 October, 02:00 CST
 
-            def submit(i: int) -> float:
-                body = {"kind": "routine", "subject_id": subjects[i % len(subjects)],
+            def body(i: int) -> dict:
+                return {"kind": "routine", "subject_id": subjects[i % len(subjects)],
                         "checklist": {"version": "2010.1", "code": "national-ten-areas"}, "inspectors": ["基准"],
                         "inspected_at": (start_day + timedelta(days=(i // len(subjects)) % 28,
                                                                minutes=i % 600)).isoformat(),
                         "results": [{"item_code": "CITY-01", "findings": 1, "deduction": i % 4}]}
+
+            def submit(first: int) -> float:
+                """One request: an inspection, or with --batch-size a batch of them (a phone's sync)."""
                 started = time.perf_counter()
-                response = support.ApiClient(api.base_url).post("/inspections", body)
+                if batch_size == 1:
+                    response = support.ApiClient(api.base_url).post("/inspections", body(first))
+                else:
+                    response = support.ApiClient(api.base_url).post("/inspection-batches", {"inspections": [
+                        body(i) for i in range(first, min(first + batch_size, inspections))]})
                 assert response.status_code == 201, response.text
                 return time.perf_counter() - started
 
@@ -238,7 +247,7 @@ def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = F
 
             statements["n"] = 0
             began = time.perf_counter()
-            latencies = list(pool.imap(submit, range(inspections)))
+            latencies = list(pool.imap(submit, range(0, inspections, batch_size)))
             submitted = time.perf_counter() - began
             findings = sum(1 for i in range(inspections) if i % 4)
             support.wait_until(lambda: support.scalar(database_url, "select count(*) from scoring_inputs")
@@ -283,6 +292,9 @@ def main() -> None:
     parser.add_argument("--peers", default="8,100,500", help="comma-separated numbers of ranked communities")
     parser.add_argument("--inspections", type=int, default=300, help="at least this many per size")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1, choices=range(1, 201), metavar="1-200",
+                        help="inspections per request: 1 posts /inspections, more post /inspection-batches "
+                             "(a phone syncing its day, an import); submit latency is then per batch")
     parser.add_argument("--processes", action="store_true",
                         help="each service in a process of its own, as deployed (scoring's SQL is not counted)")
     parser.add_argument("--per-peer", type=int, default=2,
@@ -295,7 +307,8 @@ def main() -> None:
           f"PostgreSQL insert+commit {commits:.0f} tx/s", flush=True)
     rows = []
     for peers in [int(p) for p in args.peers.split(",") if p]:
-        result = run_stack(peers, max(args.inspections, args.per_peer * peers), args.concurrency, args.processes)
+        result = run_stack(peers, max(args.inspections, args.per_peer * peers), args.concurrency, args.processes,
+                           args.batch_size)
         rows.append(result)
         print(f"  {peers} peers done: {result}", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
