@@ -27,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.plumbing import audit, memory
+from services.plumbing import audit
 from services.plumbing.sql import advisory_xact_lock
 from services.plumbing.config import database_url, home_node
 
@@ -354,8 +354,6 @@ class Database(DependencyProvider):
         log.info("%s database: %s", service_name, self.engine.url.render_as_string(hide_password=True))
 
     def start(self):
-        if memory.enabled(self.container.config):  # every service has a Database: one place for all
-            memory.freeze_startup_objects()
         interval = float(self.container.config.get("PROCESSED_EVENTS_PRUNE_INTERVAL", PRUNE_INTERVAL) or 0)
         if interval > 0:
             self.container.spawn_managed_thread(lambda: self._prune_forever(interval),

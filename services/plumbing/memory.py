@@ -8,12 +8,15 @@ long as the process: `gc.freeze()` moves them where collections no longer look.
 
 On by default in the shipped configuration (infra/nameko.yaml, GC_FREEZE_AT_START); off
 unless set, so that a test process starting hundreds of stacks does not keep each one's
-garbage for ever.
+garbage for ever. Every service has it through the operator endpoints it inherits
+(`FrozenStartup`).
 """
 from __future__ import annotations
 
 import gc
 import logging
+
+from nameko.extensions import DependencyProvider
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +34,11 @@ def freeze_startup_objects() -> int:
     frozen = gc.get_freeze_count()
     log.info("%d objects alive after start-up frozen out of the collector's full passes", frozen)
     return frozen
+
+
+class FrozenStartup(DependencyProvider):
+    """Freezes what start-up left alive once the service has started, where configured."""
+
+    def start(self):
+        if enabled(self.container.config):
+            freeze_startup_objects()

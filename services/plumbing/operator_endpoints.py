@@ -33,6 +33,7 @@ from services.contracts.errors import RuleViolation, UnknownReference
 from services.plumbing import audit, metrics as shared_metrics
 from services.plumbing.instrumentation import EntrypointMetrics
 from services.plumbing.logs import LogContext
+from services.plumbing.memory import FrozenStartup
 from services.plumbing.db import running_engines
 from services.plumbing.auth import ADMINISTRATOR, PUBLIC, signed_in
 from services.plumbing.config import home_node, service_amqp_uri
@@ -185,6 +186,7 @@ class OperatorEndpoints:
     config = Config()
     entrypoint_metrics = EntrypointMetrics()
     log_context = LogContext()
+    frozen_startup = FrozenStartup()  # GC_FREEZE_AT_START
 
     @api("GET", "/health", raw=True, access=PUBLIC, statuses=(503,), summary="健康检查 Health (database and broker)")
     def health(self, request):
