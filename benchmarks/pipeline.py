@@ -51,7 +51,7 @@ import requests  # noqa: E402
 from kombu import Connection, Exchange, Producer, Queue  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
-from benchmarks.processes import SERVICES, rss_of, serving  # noqa: E402
+from benchmarks.processes import SERVICES, rss_mib, serving  # noqa: E402
 from services.inspection.service import InspectionService  # noqa: E402
 from services.plumbing.db import Database  # noqa: E402
 from services.plumbing.outbox import BatchConfirms  # noqa: E402
@@ -76,13 +76,6 @@ def percentile(values: list[float], fraction: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # --- ceilings --------------------------------------------------------------------------------
@@ -267,7 +260,7 @@ def run_stack(peers: int, inspections: int, concurrency: int, separate: bool = F
                 queues = requests.get(f"{rabbit.base}/queues/{vhost}", auth=rabbit.auth, timeout=10).json()
                 return unsent == 0 and sum(q.get("messages", 0) for q in queues) == 0
             support.wait_until(quiet, timeout=1800, interval=1.0, message="the stack quiet")
-            out["rss_mib"] = max(rss_of(p.pid) for p in processes.values()) if processes else rss_mib()
+            out["rss_mib"] = max(rss_mib(p.pid) for p in processes.values()) if processes else rss_mib()
             events = {svc: support.scalar(database_url, f"select count(*) from {svc}_outbox")
                       for svc in ("inspection", "scoring", "tasks")}
             out.update(

@@ -101,7 +101,8 @@ def watch_stalls(threshold: float = 0.03, tick: float = 0.005):
     return summary
 
 
-def rss_of(pid: int) -> float:
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process (this one by default), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024

@@ -56,7 +56,7 @@ from sqlalchemy.dialects import postgresql  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from benchmarks.pipeline import communities, percentile  # noqa: E402
-from benchmarks.processes import SERVICES, rss_of, serving  # noqa: E402
+from benchmarks.processes import SERVICES, rss_mib, serving  # noqa: E402
 from services.contracts.nodes import ancestors_of, is_within, load_division_rows, parent_of, tier_of  # noqa: E402
 from services.contracts.periods import Period  # noqa: E402
 from services.scoring import domain  # noqa: E402
@@ -382,7 +382,7 @@ def main() -> None:
                 inspection_url=inspection_url, subjects=subjects, submitters=args.submitters, rate=args.rate)))
             scored = support.scalar(database_url, "SELECT count(*) FROM scoring_inputs "
                                                   f"WHERE inspected_at >= '{LIVE_AT.isoformat()}'")
-        rss = {name: rss_of(proc.pid) for name, proc in processes.items()}
+        rss = {name: rss_mib(proc.pid) for name, proc in processes.items()}
         figures = support.ApiClient(scoring_url).get("/metrics").text
 
     print(f"\nGET /rankings?tier=community&period=… with {len(codes):,} communities and a year of weekly "

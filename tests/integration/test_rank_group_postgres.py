@@ -1,10 +1,10 @@
 """rank_group on PostgreSQL (one UPDATE … FROM … RETURNING) ranks as the domain rules do, as
-its SQLite path does in tests/unit/scoring/test_batching.py."""
+its SQLite path does in tests/unit/scoring/test_batching.py (tests/ranking_rules.py)."""
 import pytest
 from sqlalchemy import create_engine
 
 from services.scoring.models import Base
-from tests.unit.scoring.test_batching import ranks_as_the_domain_rules_do
+from tests.ranking_rules import ranks_as_the_domain_rules_do
 
 pytestmark = pytest.mark.integration
 
