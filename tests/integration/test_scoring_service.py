@@ -234,6 +234,39 @@ def test_a_ranking_asked_again_comes_from_its_cache_and_shows_any_write_to_its_r
     assert counted(before) == {"answers.cache": 1}
 
 
+def test_the_cached_rankings_answer_keeps_its_access_rules_and_refuses_hostile_queries(stack):
+    """GET /rankings is answered from assembled text now: it still refuses an anonymous caller,
+    refuses hostile queries with a 4xx naming the field (changing nothing: the next answer is
+    the cached one), gives a community's own caller its own row only even right after a full
+    answer was kept, and every answer still fits the response schema in openapi.json."""
+    worked_example(stack)
+    scoring = stack["scoring"]
+    table = settled_november(scoring)
+    assert scoring.anonymous().get("/rankings?period=2026-11").status_code == 401
+
+    for query, field in [("period=2026-11%00", "query.period"), ("period=%3DHYPERLINK(%22x%22)", "query.period"),
+                         ("period=2026-00", "query.period"), ("period=99999", "query.period"),
+                         ("period=2026-W54", "query.period"), ("period=2026-11&tier=%2Bcmd", "query.tier"),
+                         ("period=2026-11&subject_type=%7B%22a%22%3A%7B%22b%22%3A1%7D%7D", "query.subject_type")]:
+        refused = scoring.get(f"/rankings?{query}")
+        assert 400 <= refused.status_code < 500, (query, refused.text)
+        assert field in [e["field"] for e in refused.json()["errors"]], (query, refused.text)
+    before = ranking_counts(scoring)
+    assert ranking(scoring, "2026-11") == table
+    assert ranking_counts(scoring)["answers.cache"] == before["answers.cache"] + 1
+
+    own = scoring.as_user("飨堂社区查看者", [("viewer", XIANGTANG)]).get("/rankings?period=2026-11&tier=community")
+    assert own.status_code == 200, own.text
+    assert [r["node"] for r in own.json()["ranking"]] == [XIANGTANG] and own.json()["peers"] == 3
+
+    import jsonschema
+    spec = scoring.get("/openapi.json").json()
+    ref = spec["paths"]["/rankings"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    schema = {**spec["components"]["schemas"][ref.rsplit("/", 1)[1]], "components": spec["components"]}
+    for answer in (table, own.json()):
+        jsonschema.validate(answer, schema, format_checker=jsonschema.FormatChecker())
+
+
 def test_weeks_are_scored_but_not_ranked_under_the_street_scheme(stack):
     """ISO week 47 (one inspection each) has scores 98, 94, 89 but no ranking, each row saying why."""
     worked_example(stack)
