@@ -12,6 +12,7 @@ from services.contracts.errors import UnknownReference
 from services.contracts.nodes import Tier
 from services.contracts.periods import Period
 from services.plumbing.cooperative import breathe
+from services.plumbing.sql import is_postgres
 from services.scoring import domain, metrics
 from services.scoring.models import ChildFreshness, PeriodScore, RecomputeLog, ReleasedInspection, ScoreInputRow, Subject
 from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLike, Context, require_in_stack,
@@ -26,6 +27,8 @@ from services.scoring.schemas import FigureOut, UnrankedOut
 # A figure's explanation and last published copy are JSON documents a list never shows: a
 # city's year ranking carried 38 MiB of them, decoded on every GET /rankings (issue 11).
 FIGURE_ONLY = (defer(PeriodScore.explain), defer(PeriodScore.published))
+# The same as columns, for reads that need no objects (a ranking's changed rows).
+_FIGURE_COLUMNS = [c for c in PeriodScore.__table__.c if c.key not in ("explain", "published")]
 
 
 def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetime | None = None) -> list[dict]:
@@ -65,7 +68,7 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
         tier = str(domain.TIER_ORDER[min(below, len(domain.TIER_ORDER) - 1)])
     in_group = (PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key,
                 PeriodScore.tier == tier, PeriodScore.subject_type == subject_type)
-    postgres = session.get_bind().dialect.name == "postgresql"
+    postgres = is_postgres(session)
     seen = principal.seen_prefixes()  # the stored nodes are normalised codes
     heard = {r.child_node: r for r in session.execute(select(ChildFreshness)).scalars()} if subject_type == CHILD else {}
     # A kept answer has no row of a child stack known then (see `live` below); one heard of
@@ -118,8 +121,6 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
     return answer
 
 
-# Every column of a figure but its explanation and published copy (see FIGURE_ONLY).
-_FIGURE_COLUMNS = [c for c in PeriodScore.__table__.c if c.key not in ("explain", "published")]
 _FEW = 200  # up to this many ids are asked for by id; more, and the whole group is read once
 
 
