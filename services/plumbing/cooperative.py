@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import time
 
+from services.plumbing import embedded
+
 EVERY = 0.01
+WRITING_EVERY = 0.1
 _last = time.perf_counter()
 
 
 def breathe(every: float = EVERY) -> None:
     global _last
+    if embedded.writing():
+        # Inside a write transaction on the embedded database every other writer of the
+        # process waits for it: turns given away lengthen it (and their wait), so they come
+        # less often — readers still get one every WRITING_EVERY seconds.
+        every = max(every, WRITING_EVERY)
     now = time.perf_counter()
     if now - _last >= every:
         time.sleep(0)

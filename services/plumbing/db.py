@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.plumbing import audit
 from services.plumbing.sql import advisory_xact_lock
 from services.plumbing.config import database_url, home_node
+from services.plumbing.embedded import DEFAULT_BUSY_TIMEOUT, DEFAULT_WRITER_WAIT, make_sqlite_engine
 
 log = logging.getLogger(__name__)
 
@@ -213,20 +214,13 @@ def pool_limits(config: dict, service_name: str) -> tuple[int, int]:
     return max(1, pick("DB_POOL_SIZE", DEFAULT_POOL_SIZE)), max(0, pick("DB_MAX_OVERFLOW", DEFAULT_MAX_OVERFLOW))
 
 
-def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW) -> Engine:
+def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW,
+                config: dict | None = None) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-        return engine
+        # The embedded default: one writer at a time, waited for green (plumbing/embedded.py).
+        config = config or {}
+        return make_sqlite_engine(url, busy_timeout=float(config.get("SQLITE_BUSY_TIMEOUT") or DEFAULT_BUSY_TIMEOUT),
+                                  writer_wait=float(config.get("SQLITE_WRITER_WAIT") or DEFAULT_WRITER_WAIT))
     _green_psycopg2()
     # The shared PostgreSQL allows 100 connections for every stack and tool on it: small
     # pools, set per installation (DB_POOL_SIZE, DB_MAX_OVERFLOW).
@@ -337,7 +331,7 @@ class Database(DependencyProvider):
         service_name = self.container.service_name
         url = database_url(self.container.config, service_name)
         config = self.container.config
-        self.engine = make_engine(url, *pool_limits(config, service_name))
+        self.engine = make_engine(url, *pool_limits(config, service_name), config=config)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         auto_migrate = str(self.container.config.get("DB_AUTO_MIGRATE", "true")).lower() != "false"
         if self.migrations_dir and auto_migrate:

@@ -2,6 +2,9 @@
 
 Every service gets its own port (see WEB_ADDRESSES in infra/nameko.yaml). Settings come
 from the environment: NODE_CODE, AMQP_URI, DATABASE_URL (SQLite file by default), ...
+When AMQP_URI is this machine's and nothing listens there, a RabbitMQ node of the stack's
+own is started under var/rabbitmq first (services/tools/broker.py); a broker that cannot be
+had stops the command at once with a sentence saying what to do.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from services.tools import broker
 
 def _root() -> Path:
     """Where infra/ lives: $CHUANGWEI_HOME, the working directory, or this source checkout."""
@@ -20,6 +25,7 @@ def _root() -> Path:
 
 
 ROOT = _root()
+DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"  # infra/nameko.yaml's default
 ALL_SERVICES = ["accounts", "inspection", "scoring", "tasks", "notify", "indicators", "photos", "console",
                 "intake"]
 
@@ -34,9 +40,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(ROOT / "infra" / "nameko.yaml"))
     parser.add_argument("--services", default=",".join(available_services()),
                         help="comma-separated subset of: " + ", ".join(ALL_SERVICES))
+    parser.add_argument("--no-local-broker", action="store_true",
+                        help="never start a RabbitMQ node of the stack's own; stop if AMQP_URI does not answer")
     args = parser.parse_args(argv)
     modules = [f"services.{name.strip()}.service" for name in args.services.split(",") if name.strip()]
     os.chdir(ROOT)  # relative paths in the config (divisions, SQLite file) are from the repo root
+    amqp_uri = os.environ.get("AMQP_URI") or DEFAULT_AMQP_URI
+    if args.no_local_broker:
+        why = broker.answers(amqp_uri)
+        if why is not None:
+            raise SystemExit(f"消息队列不可用（{why}）：请启动 RabbitMQ 或修改 AMQP_URI。 (the broker does not answer.)")
+    else:
+        broker.ensure_broker(amqp_uri, ROOT / "var" / "rabbitmq")
+    if "console" in args.services and not (ROOT / "services" / "console" / "assets" / "node_modules").exists() \
+            and not os.environ.get("CONSOLE_ASSETS_DIR"):
+        print("注意：控制台的图表库和中文字体未安装，仪表盘将没有图表：请运行 ./setup.sh"
+              "（或 npm ci --prefix services/console/assets）。 (the console's assets are missing.)", flush=True)
     command = [sys.executable, "-m", "nameko", "run", "--config", args.config, *modules]
     print("starting:", " ".join(command), flush=True)
     os.execv(sys.executable, command)
