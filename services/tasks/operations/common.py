@@ -12,6 +12,7 @@ from services.plumbing.config import number_setting
 from services.plumbing.sql import insert_for
 from services.contracts.errors import UnknownReference
 from services.contracts.identity import OFFICE_ROLES
+from services.contracts.nodes import is_within, normalize_code
 from services.tasks import domain
 from services.tasks.domain import UNANNOUNCED
 from services.tasks.models import Task
@@ -30,25 +31,45 @@ class Settings:
     """Config keys (nameko YAML): TASKS_RELAPSE_WINDOW_DAYS (90), TASKS_URGE_REPEAT_HOURS (24),
     TASKS_ESCALATION_GRACE_HOURS (72), TASKS_ANSWER_HOURS (72), TASKS_SWEEP_BATCH (500),
     TASKS_SATISFACTION_DEADLINE_DAYS (30: the time limit of a low satisfaction item's task; our
-    default, the policy leaves it to the office; not positive means the default)."""
+    default, the policy leaves it to the office; not positive means the default),
+    PARENT_STACK (the node code of the tier above that runs a stack and is federated with this
+    one; empty: none, and escalations stay inside this office)."""
     relapse_window: timedelta = domain.DEFAULT_RELAPSE_WINDOW
     urge_repeat: timedelta = domain.DEFAULT_URGE_REPEAT
     escalation_grace: timedelta = domain.DEFAULT_ESCALATION_GRACE
     answer_hours: float = domain.DEFAULT_ANSWER_HOURS
     sweep_batch: int = 500
     satisfaction_deadline_days: float = 30.0
+    parent_stack: str | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
         def number(key, default):
             return number_setting(config, key, default)
         return cls(
+            parent_stack=parent_stack(config),
             relapse_window=timedelta(days=number("TASKS_RELAPSE_WINDOW_DAYS", 90)),
             urge_repeat=timedelta(hours=number("TASKS_URGE_REPEAT_HOURS", 24)),
             escalation_grace=timedelta(hours=number("TASKS_ESCALATION_GRACE_HOURS", 72)),
             answer_hours=number("TASKS_ANSWER_HOURS", domain.DEFAULT_ANSWER_HOURS),
             sweep_batch=int(number("TASKS_SWEEP_BATCH", 500)),
             satisfaction_deadline_days=number("TASKS_SATISFACTION_DEADLINE_DAYS", 30))
+
+
+def parent_stack(config: dict) -> str | None:
+    """PARENT_STACK as a 12-digit code, or None (unset or empty: this stack has no parent stack).
+    A code that is not above the stack's own NODE_CODE is a wiring mistake: refused by name."""
+    raw = config.get("PARENT_STACK")
+    if raw in (None, "") or not str(raw).strip():
+        return None
+    code = normalize_code(str(raw).strip())
+    home = config.get("NODE_CODE")
+    if home not in (None, ""):
+        home = normalize_code(str(home))
+        if code == home or not is_within(home, code):
+            raise RuntimeError(f"PARENT_STACK: {code} 不是本级 {home} 的上级区划 (the parent stack must be a tier "
+                               f"above this stack's home node {home})")
+    return code
 
 
 def scrub_nul(body):
