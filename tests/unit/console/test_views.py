@@ -56,11 +56,43 @@ def test_dashboard_ranking_trend_lights_and_lists():
     ("fix_submitted", [("inspector", DISTRICT)], ["verify", "reject"]),   # a grant above covers the subtree
     ("open", [("inspector", STREET), ("viewer", STREET)], []),
     ("escalated", [("administrator", STREET)], ["answer"]),
-    ("escalated", [("rectifier", COMMUNITY)], []),
+    ("escalated", [("inspector", STREET)], ["answer"]),
+    # An escalated task stays workable (issue 25): the subject starts or fixes it, never escalates twice.
+    ("escalated", [("rectifier", COMMUNITY)], ["start", "fix"]),
+    ("escalated", [("viewer", STREET), ("inspector", COMMUNITY)], []),
     ("closed", [("inspector", STREET), ("rectifier", COMMUNITY)], []),
 ])
 def test_a_task_offers_the_actions_its_viewer_may_take(status, who, expected):
     assert views.task_actions(task(status=status, escalated_to=STREET), person(*who)) == expected
+
+
+@pytest.mark.parametrize("status, who, expected", [
+    # Escalated inside the street's own office (no parent stack) and taken up again: the office may still
+    # answer while the coordination is pending; the subject fixes, the inspecting side closes out.
+    ("in_progress", [("rectifier", COMMUNITY)], ["fix"]),
+    ("in_progress", [("inspector", STREET)], ["answer"]),
+    ("fix_submitted", [("inspector", STREET)], ["verify", "reject", "answer"]),
+    ("fix_submitted", [("administrator", STREET)], ["answer"]),
+    ("fix_submitted", [("inspector", DISTRICT)], ["verify", "reject", "answer"]),   # a grant above covers it
+])
+def test_a_task_escalated_inside_the_office_stays_workable_and_answerable(status, who, expected):
+    escalated = task(status=status, escalated_to=STREET, coordination_pending=True)
+    assert views.task_actions(escalated, person(*who)) == expected
+
+
+def test_an_answered_or_closed_escalation_offers_no_answer():
+    answered = task(status="in_progress", escalated_to=STREET, coordination_pending=False)
+    assert views.task_actions(answered, person(("inspector", STREET))) == []
+    assert views.task_actions(answered, person(("rectifier", COMMUNITY))) == ["fix", "escalate"]
+    closed = task(status="closed", escalated_to=STREET, coordination_pending=False)
+    assert views.task_actions(closed, person(("administrator", STREET))) == []
+
+
+def test_escalated_to_the_parent_stack_only_its_office_answers():
+    upward = task(status="escalated", escalated_to=DISTRICT, coordination_pending=True)
+    assert views.task_actions(upward, person(("administrator", STREET))) == []
+    assert views.task_actions(upward, person(("inspector", DISTRICT))) == ["answer"]
+    assert views.task_actions(upward, person(("rectifier", COMMUNITY))) == ["start", "fix"]
 
 
 def test_a_delegated_task_offers_nothing_here():
