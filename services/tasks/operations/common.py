@@ -8,11 +8,10 @@ from typing import Protocol
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.config import number_setting
+from services.plumbing.config import number_setting, parent_stack
 from services.plumbing.sql import insert_for
 from services.contracts.errors import UnknownReference
 from services.contracts.identity import OFFICE_ROLES
-from services.contracts.nodes import is_within, normalize_code
 from services.tasks import domain
 from services.tasks.domain import UNANNOUNCED
 from services.tasks.models import Task
@@ -54,22 +53,6 @@ class Settings:
             answer_hours=number("TASKS_ANSWER_HOURS", domain.DEFAULT_ANSWER_HOURS),
             sweep_batch=int(number("TASKS_SWEEP_BATCH", 500)),
             satisfaction_deadline_days=number("TASKS_SATISFACTION_DEADLINE_DAYS", 30))
-
-
-def parent_stack(config: dict) -> str | None:
-    """PARENT_STACK as a 12-digit code, or None (unset or empty: this stack has no parent stack).
-    A code that is not above the stack's own NODE_CODE is a wiring mistake: refused by name."""
-    raw = config.get("PARENT_STACK")
-    if raw in (None, "") or not str(raw).strip():
-        return None
-    code = normalize_code(str(raw).strip())
-    home = config.get("NODE_CODE")
-    if home not in (None, ""):
-        home = normalize_code(str(home))
-        if code == home or not is_within(home, code):
-            raise RuntimeError(f"PARENT_STACK: {code} 不是本级 {home} 的上级区划 (the parent stack must be a tier "
-                               f"above this stack's home node {home})")
-    return code
 
 
 def scrub_nul(body):

@@ -240,6 +240,18 @@ def test_a_coordination_request_is_published_locally_once_per_opening():
 # --- issue 25: escalation stops at the top tier that runs a stack, and never locks a task ---
 
 
+def test_the_parent_stack_setting_names_a_tier_above_or_nothing():
+    from services.tasks.operations import Settings
+    assert Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": "411502"}).parent_stack == "411502000000"
+    assert Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": "411500000000"}).parent_stack \
+        == "411500000000"
+    for empty in ({}, {"PARENT_STACK": ""}, {"PARENT_STACK": None}, {"PARENT_STACK": "  "}):
+        assert Settings.from_config({"NODE_CODE": "411502008000", **empty}).parent_stack is None
+    for wrong in ("411502008000", "411502008001", "411503000000"):      # itself, below it, another district
+        with pytest.raises(RuntimeError, match="PARENT_STACK"):
+            Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": wrong})
+
+
 def test_without_a_parent_stack_the_sweeper_escalates_inside_the_office_which_answers():
     from services.tasks.schemas import AnswerIn
     street = stack("411502008000", Tier.street)               # no PARENT_STACK: the district runs no stack
