@@ -78,7 +78,8 @@ def dashboard(ranking: dict | None, tasks: list[dict], freshness: list[dict] | N
         "ranking": rows, "unranked": unranked, "period": (ranking or {}).get("period"), "trend": trend,
         "lights": light_counts(tasks),
         "overdue": sorted((t for t in open_tasks if t.get("overdue")), key=lambda t: t.get("deadline_at") or ""),
-        "escalated": [t for t in open_tasks if t.get("status") == "escalated"],
+        # Awaiting an answer, also once the subject took the task up again (escalation never locks it).
+        "escalated": [t for t in open_tasks if t.get("status") == "escalated" or t.get("coordination_pending")],
         "freshness": [{**f, "age": age_text(f.get("seconds_since"))} for f in (freshness or [])],
         "freshness_visible": freshness is not None,
     }

@@ -62,7 +62,7 @@ class TaskPermissionDenied(PermissionDenied):
 class Role(StrEnum):
     inspector = "inspector"      # the inspecting side (检查方): verifies and closes, or rejects
     responsible = "responsible"  # the responsible subject (责任主体): fixes, or asks for help
-    coordinator = "coordinator"  # the tier above (上级协调): answers an escalation
+    coordinator = "coordinator"  # the office asked to coordinate (协调): the parent stack's, or this one's
     system = "system"            # the sweeper (督办): urges and escalates overdue tasks
 
 

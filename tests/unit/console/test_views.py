@@ -44,6 +44,8 @@ def test_dashboard_ranking_trend_lights_and_lists():
     assert view["lights"] == {"red": 2, "yellow": 1, "green": 1}
     assert [t["deadline_at"] for t in view["overdue"]] == ["2026-11-20T00:00:00Z"]
     assert [t["status"] for t in view["escalated"]] == ["escalated"]
+    taken_up = task(status="in_progress", escalated_to=STREET, coordination_pending=True)
+    assert views.dashboard(None, [taken_up], None, {})["escalated"] == [taken_up]
     assert view["freshness"][0]["age"] == "66 分钟前" and view["freshness_visible"]
     assert views.dashboard(None, [], None, {})["freshness_visible"] is False
 
