@@ -135,7 +135,8 @@ def start_chain(stack: ExitStack, token: str) -> dict:
         config_ = support.base_config(
             support.with_vhost(support.DEFAULT_AMQP_URI, f"bench{run}-{node}"), url, node=node,
             WEB_ADDRESSES={svc: f"127.0.0.1:{port}" for svc, port in ports.items()},
-            CHILD_STACKS=list(children), PARENT_STACK=parent or "", TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street", GC_FREEZE_AT_START=True,
+            CHILD_STACKS=list(children), PARENT_STACK=parent or "", TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street",
+            GC_FREEZE_AT_START=True,
             # No more workers than pooled connections: on a loaded machine more would queue for one.
             DB_POOL_SIZE=2, DB_MAX_OVERFLOW=3, max_workers=4)
         stack.enter_context(support.running_services(config_, InspectionService, ScoringService, TasksService))

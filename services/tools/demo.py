@@ -11,7 +11,8 @@ and its children's freshness, then stops the stacks and removes the vhosts.
 Each tier's stack is one `nameko run` of the four services with its own ports
 (base + 10 × i + 1..6), its own SQLite file and log in var/demo/, its own vhost; the
 tier's children that run stacks of their own are its CHILD_STACKS, so findings about
-them are handed down, and its parent is its PARENT_STACK, so escalations go up to it. Ctrl-C (or any error) stops every stack this command started.
+them are handed down, and its parent is its PARENT_STACK, so escalations go up to it.
+Ctrl-C (or any error) stops every stack this command started.
 """
 from __future__ import annotations
 

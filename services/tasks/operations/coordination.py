@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.tiers import DOWN_EXCHANGE, routing_key as tier_routing_key
-from services.contracts.events.tasks import CoordinationAnswered, CoordinationRequested, TaskEscalated, TaskRef, TaskStatus
+from services.contracts.events.tasks import CoordinationAnswered, CoordinationRequested, TaskEscalated, TaskRef
 from services.tasks import domain, metrics
 from services.tasks.domain import Action, Role, TaskRuleViolation
 from services.tasks.models import CoordinationRequest, Task
