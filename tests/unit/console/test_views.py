@@ -82,19 +82,16 @@ def test_a_task_escalated_inside_the_office_stays_workable_and_answerable(status
     assert views.task_actions(escalated, person(*who)) == expected
 
 
-def test_an_answered_or_closed_escalation_offers_no_answer():
+def test_only_the_office_asked_answers_and_only_while_the_coordination_is_pending():
+    upward = task(status="escalated", escalated_to=DISTRICT, coordination_pending=True)
+    assert views.task_actions(upward, person(("administrator", STREET))) == []
+    assert views.task_actions(upward, person(("inspector", DISTRICT))) == ["answer"]
+    assert views.task_actions(upward, person(("rectifier", COMMUNITY))) == ["start", "fix"]
     answered = task(status="in_progress", escalated_to=STREET, coordination_pending=False)
     assert views.task_actions(answered, person(("inspector", STREET))) == []
     assert views.task_actions(answered, person(("rectifier", COMMUNITY))) == ["fix", "escalate"]
     closed = task(status="closed", escalated_to=STREET, coordination_pending=False)
     assert views.task_actions(closed, person(("administrator", STREET))) == []
-
-
-def test_escalated_to_the_parent_stack_only_its_office_answers():
-    upward = task(status="escalated", escalated_to=DISTRICT, coordination_pending=True)
-    assert views.task_actions(upward, person(("administrator", STREET))) == []
-    assert views.task_actions(upward, person(("inspector", DISTRICT))) == ["answer"]
-    assert views.task_actions(upward, person(("rectifier", COMMUNITY))) == ["start", "fix"]
 
 
 def test_a_delegated_task_offers_nothing_here():

@@ -155,6 +155,9 @@ def test_an_escalated_task_stays_workable(status, action, role, pending, target)
 def test_an_escalated_task_goes_the_whole_way_to_close_out_and_the_answer_may_still_come():
     status = TaskStatus.escalated
     status = check_transition(status, Action.start, Role.responsible, "张伟", pending=True)
+    # Taken up again, it is urged while overdue but never escalated a second time.
+    assert not decide(status, now=T0 + GRACE * 2, overdue_since=T0, last_urged_at=T0 + GRACE * 2,
+                      escalated_at=T0 + GRACE).escalate
     status = check_transition(status, Action.answer, Role.coordinator, "区爱卫办", pending=True)
     assert status == TaskStatus.in_progress
     status = check_transition(status, Action.submit_fix, Role.responsible, "张伟", pending=False)
@@ -190,11 +193,6 @@ def test_coordination_is_pending_from_the_escalation_until_its_answer():
     assert domain.coordination_pending("in_progress", T0, None)        # the subject took it up again
     assert not domain.coordination_pending("in_progress", T0, T0 + timedelta(hours=1))
     assert domain.coordination_pending("in_progress", T0 + timedelta(days=2), T0 + timedelta(hours=1))  # asked again
-
-
-def test_the_sweeper_does_not_escalate_a_task_taken_up_again_after_its_escalation():
-    assert not decide("in_progress", now=T0 + GRACE * 2, overdue_since=T0, last_urged_at=T0 + GRACE * 2,
-                      escalated_at=T0 + GRACE).escalate
 
 
 def test_closed_is_terminal():
