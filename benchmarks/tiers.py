@@ -129,13 +129,14 @@ def start_chain(stack: ExitStack, token: str) -> dict:
     support.wait_until(lambda: sum(1 for l in federation.link_status(config) if l["status"] == "running") == links,
                        timeout=60, message=f"{links} running federation links")
     chain = {}
-    for node, name, _, children in TIERS:
+    for node, name, parent, children in TIERS:
         url = cluster.create_database(f"chuangwei_{node}")
         ports = {svc: support.free_port() for svc in ("inspection", "scoring", "tasks")}
         config_ = support.base_config(
             support.with_vhost(support.DEFAULT_AMQP_URI, f"bench{run}-{node}"), url, node=node,
             WEB_ADDRESSES={svc: f"127.0.0.1:{port}" for svc, port in ports.items()},
-            CHILD_STACKS=list(children), TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street", GC_FREEZE_AT_START=True,
+            CHILD_STACKS=list(children), PARENT_STACK=parent or "", TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street",
+            GC_FREEZE_AT_START=True,
             # No more workers than pooled connections: on a loaded machine more would queue for one.
             DB_POOL_SIZE=2, DB_MAX_OVERFLOW=3, max_workers=4)
         stack.enter_context(support.running_services(config_, InspectionService, ScoringService, TasksService))

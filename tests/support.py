@@ -79,9 +79,18 @@ class RabbitAdmin:
                 subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True)
 
     def queue(self, vhost: str, queue: str) -> dict | None:
-        r = requests.get(f"{self.base}/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}",
-                         auth=self.auth, timeout=10)
-        return r.json() if r.status_code == 200 else None
+        if self._api_ok() or not shutil.which("rabbitmqctl"):
+            r = requests.get(f"{self.base}/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}",
+                             auth=self.auth, timeout=10)
+            return r.json() if r.status_code == 200 else None
+        # A broker without the management plugin (as create_vhost allows): ask rabbitmqctl.
+        listed = subprocess.run(["rabbitmqctl", "list_queues", "-p", vhost, "name", "messages", "consumers",
+                                 "--quiet", "--no-table-headers"], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            parts = line.split("\t")
+            if parts[0] == queue and len(parts) == 3:
+                return {"name": queue, "messages": int(parts[1]), "consumers": int(parts[2])}
+        return None
 
 
 def check_broker(amqp_uri: str) -> None:

@@ -21,7 +21,7 @@ ROLE_LABELS = {"administrator": "管理员", "inspector": "检查员", "rectifie
 # A task's history as the tasks service records it (transition names), in Chinese.
 HISTORY_LABELS = {"open": "立案交办", "release": "暗访公开", "urge": "督办", "child_update": "下级台账更新",
                   "start": "开始整改", "submit_fix": "提交整改", "verify": "核实销号", "reject": "退回重改",
-                  "escalate": "上报协调", "answer": "协调答复"}
+                  "escalate": "上报协调", "answer": "协调答复", "retarget": "改由本级督办"}
 ACTION_LABELS = {"start": "开始整改", "fix": "提交整改", "escalate": "上报协调", "verify": "核实销号",
                  "reject": "退回重改", "answer": "协调答复"}
 
@@ -78,7 +78,8 @@ def dashboard(ranking: dict | None, tasks: list[dict], freshness: list[dict] | N
         "ranking": rows, "unranked": unranked, "period": (ranking or {}).get("period"), "trend": trend,
         "lights": light_counts(tasks),
         "overdue": sorted((t for t in open_tasks if t.get("overdue")), key=lambda t: t.get("deadline_at") or ""),
-        "escalated": [t for t in open_tasks if t.get("status") == "escalated"],
+        # Awaiting an answer, also once the subject took the task up again (escalation never locks it).
+        "escalated": [t for t in open_tasks if t.get("status") == "escalated" or t.get("coordination_pending")],
         "freshness": [{**f, "age": age_text(f.get("seconds_since"))} for f in (freshness or [])],
         "freshness_visible": freshness is not None,
     }
@@ -97,20 +98,28 @@ def age_text(seconds: float | None) -> str:
 
 
 def task_actions(task: dict, user: Principal) -> list[str]:
-    """The actions worth offering this user on this task (the tasks service decides)."""
+    """The actions worth offering this user on this task (the tasks service decides).
+
+    An escalated task stays workable (issue 25): its subject may still start and fix it, and
+    the office asked — the parent stack's, or this office itself when there is none (escalated_to
+    is then the ledger's own node) — may answer while the coordination is pending, even after the
+    subject took the task up again."""
     status = task.get("status")
     if task.get("delegated_to"):
         return []  # the child stack's ledger owns it
+    pending = bool(task.get("coordination_pending")) or status == "escalated"
     actions = []
     responsible = (task.get("responsible") or {}).get("node", "")
     if user.holds(RECTIFIER, responsible):
-        if status == "open":
+        if status in ("open", "escalated"):
             actions.append("start")
-        if status in ("open", "in_progress"):
-            actions += ["fix", "escalate"]
+        if status in ("open", "in_progress", "escalated"):
+            actions.append("fix")
+        if status in ("open", "in_progress") and not pending:
+            actions.append("escalate")
     if status == "fix_submitted" and user.holds(INSPECTOR, task.get("inspecting_node", "")):
         actions += ["verify", "reject"]
-    if status == "escalated" and task.get("escalated_to") and (
+    if pending and status != "closed" and task.get("escalated_to") and (
             user.holds(INSPECTOR, task["escalated_to"]) or user.holds(ADMINISTRATOR, task["escalated_to"])):
         actions.append("answer")
     return actions

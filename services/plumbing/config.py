@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from services.contracts.nodes import normalize_code
+from services.contracts.nodes import is_within, normalize_code
 
 DEFAULT_DATABASE_URL = "sqlite:///var/chuangwei.db"
 
@@ -14,6 +14,23 @@ def home_node(config: dict) -> str:
     if not raw:
         raise RuntimeError("NODE_CODE is not configured: set the stack's home division code")
     return normalize_code(str(raw))
+
+
+def parent_stack(config: dict) -> str | None:
+    """PARENT_STACK as a 12-digit code: the tier above that runs a stack and is federated with
+    this one (escalations go up the link to it). None when unset or empty: no parent stack. A
+    code that is not above the stack's own NODE_CODE is a wiring mistake, refused by name."""
+    raw = config.get("PARENT_STACK")
+    if raw is None or not str(raw).strip():
+        return None
+    code = normalize_code(str(raw).strip())
+    home = config.get("NODE_CODE") or os.environ.get("NODE_CODE")
+    if home:
+        home = normalize_code(str(home))
+        if code == home or not is_within(home, code):
+            raise RuntimeError(f"PARENT_STACK: {code} 不是本级 {home} 的上级区划 (the parent stack must be a tier "
+                               f"above this stack's home node {home})")
+    return code
 
 
 def database_url(config: dict, service_name: str) -> str:

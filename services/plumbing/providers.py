@@ -9,7 +9,7 @@ from nameko.extensions import DependencyProvider
 
 from services.contracts.checklists import Catalogue, load_catalogue
 from services.contracts.nodes import NodeTree, is_within, load_node_tree, normalize_code, tier_of, Tier
-from services.plumbing.config import home_node
+from services.plumbing.config import home_node, parent_stack
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class StackIdentity:
 class Identity(DependencyProvider):
     """Config: NODE_CODE (required), DIVISIONS_FILES (optional glob(s) of NBS-format CSVs),
     CHILD_STACKS (optional: codes of the nodes below that run a stack of their own; their
-    subtrees' tasks are handed down to them)."""
+    subtrees' tasks are handed down to them), PARENT_STACK (optional: the tier above that runs
+    a stack; checked here so that a wrong code stops the start, not a later sweep)."""
 
     def setup(self):
         config = self.container.config
@@ -48,6 +49,7 @@ class Identity(DependencyProvider):
         if patterns and not files:
             raise RuntimeError(f"DIVISIONS_FILES {patterns} matched no file")
         tree = load_node_tree(home, files) if files else None
+        parent_stack(config)
         self.identity = StackIdentity(home=home, tier=tier_of(home), tree=tree,
                                       child_stacks=child_stacks(config, home))
 

@@ -17,6 +17,12 @@ Decisions documented here:
   blamed for the inspecting side's verification delay). Time to fix = found → accepted fix.
 - Unannounced inspections (暗访): the time limit runs from the release, when the subject
   learns of the finding (`deadline_after_release`).
+- Escalation (上报协调) adds pressure, it never locks a task: the subject may still start and
+  submit the fix of an escalated task, the inspecting side verify (销号) or reject it, and the
+  tier asked may answer while the coordination is pending, whatever the subject did meanwhile.
+  A request goes to the parent stack (the tier above that runs a stack and is federated,
+  config PARENT_STACK); a stack without one escalates inside its own office (督办: its own
+  inspectors and administrators answer), since a tier that runs no stack would never answer.
 - Relapse (反弹): a new finding for the same place (or, with no place, the same subject) and
   the same checklist item, found within the window (default 90 days) after an earlier task
   was closed; the most recently closed such task is the one linked.
@@ -56,7 +62,7 @@ class TaskPermissionDenied(PermissionDenied):
 class Role(StrEnum):
     inspector = "inspector"      # the inspecting side (检查方): verifies and closes, or rejects
     responsible = "responsible"  # the responsible subject (责任主体): fixes, or asks for help
-    coordinator = "coordinator"  # the tier above (上级协调): answers an escalation
+    coordinator = "coordinator"  # the office asked to coordinate (协调): the parent stack's, or this one's
     system = "system"            # the sweeper (督办): urges and escalates overdue tasks
 
 
@@ -89,45 +95,79 @@ OWING_STATUSES = (TaskStatus.open, TaskStatus.in_progress)
 @dataclass(frozen=True)
 class Rule:
     sources: tuple[TaskStatus, ...]
-    target: TaskStatus
+    target: TaskStatus | None   # None: the status stays as it is
     roles: tuple[Role, ...]
 
+    def target_from(self, status: TaskStatus) -> TaskStatus:
+        return status if self.target is None else self.target
+
+
+# The coordinator's answer resumes an escalated task; one the subject already took up again
+# (started, or even fixed) keeps its status and only gets the answer (and a new deadline).
+ANSWER_RESUMES = TaskStatus.in_progress
 
 TRANSITIONS: dict[Action, Rule] = {
-    Action.start: Rule((TaskStatus.open,), TaskStatus.in_progress, (Role.responsible,)),
-    Action.submit_fix: Rule((TaskStatus.in_progress,), TaskStatus.fix_submitted, (Role.responsible,)),
+    # An escalated task stays the subject's to fix: escalation asks for help, it does not lock.
+    Action.start: Rule((TaskStatus.open, TaskStatus.escalated), TaskStatus.in_progress, (Role.responsible,)),
+    Action.submit_fix: Rule((TaskStatus.in_progress, TaskStatus.escalated), TaskStatus.fix_submitted,
+                            (Role.responsible,)),
     Action.verify: Rule((TaskStatus.fix_submitted,), TaskStatus.closed, (Role.inspector,)),
     Action.reject: Rule((TaskStatus.fix_submitted,), TaskStatus.in_progress, (Role.inspector,)),
     Action.escalate: Rule((TaskStatus.open, TaskStatus.in_progress), TaskStatus.escalated,
                           (Role.responsible, Role.system)),
-    Action.answer: Rule((TaskStatus.escalated,), TaskStatus.in_progress, (Role.coordinator,)),
+    # Possible while the coordination is pending (`coordination_pending`), from any status the
+    # task can have meanwhile; from `escalated` it resumes the work.
+    Action.answer: Rule((TaskStatus.escalated, TaskStatus.in_progress, TaskStatus.fix_submitted), None,
+                        (Role.coordinator,)),
 }
 
 
+def coordination_pending(status: TaskStatus | str, escalated_at: datetime | None,
+                         answered_at: datetime | None) -> bool:
+    """Whether the tier asked still owes the answer to the task's latest escalation: escalated,
+    not answered since, and the task not closed (a closed task needs no coordination)."""
+    if TaskStatus(status) == TaskStatus.closed or escalated_at is None:
+        return False
+    return answered_at is None or answered_at < escalated_at
+
+
 def check_transition(status: TaskStatus | str, action: Action | str, role: Role | str, actor: str,
-                     fixed_by: str | None = None) -> TaskStatus:
+                     fixed_by: str | None = None, *, pending: bool | None = None) -> TaskStatus:
     """The status `action` leads to, or a clear error naming the field at fault.
 
     `role` is the side the caller acts for; `actor` and `fixed_by` identify people (the
-    authenticated account's subject: a name could be typed twice, an account cannot)."""
+    authenticated account's subject: a name could be typed twice, an account cannot).
+    `pending`: whether an escalation awaits its answer (`coordination_pending`); None means
+    "only when the task is escalated" (a caller that does not track answers)."""
     status, action, role = TaskStatus(status), Action(action), Role(role)
+    if pending is None:
+        pending = status == TaskStatus.escalated
     rule = TRANSITIONS[action]
     if role not in rule.roles:
         allowed = " or ".join(r.value for r in rule.roles)
         raise TaskPermissionDenied("role", f"only the {allowed} side may {action.value} a task "
                                            f"({ACTION_LABELS[action]}); {role.value!r} may not")
+    if action == Action.answer and not pending:
+        raise TaskStateConflict("status", f"任务当前{STATUS_LABELS[status]}，没有待答复的上报协调 (no escalation of "
+                                          f"this task awaits an answer; it is {status.value})")
+    if action == Action.escalate and pending:
+        raise TaskStateConflict("status", "任务已上报协调，正在等待答复，不能重复上报 (the task's escalation still "
+                                          "awaits its answer)")
     if status not in rule.sources:
         if action == Action.verify:
             raise TaskStateConflict(
-                "status", f"the task is {status.value} ({STATUS_LABELS[status]}): only a submitted fix can be "
-                          "verified and closed (未提交整改，不能销号)")
+                "status", f"任务当前{STATUS_LABELS[status]}：未提交整改，不能销号 (the task is {status.value}: only a "
+                          "submitted fix can be verified and closed)")
         allowed = ", ".join(s.value for s in rule.sources)
-        raise TaskStateConflict("status", f"cannot {action.value} a task that is {status.value} "
-                                          f"({STATUS_LABELS[status]}); allowed from: {allowed}")
+        raise TaskStateConflict("status", f"任务当前{STATUS_LABELS[status]}，不能{ACTION_LABELS[action]} (cannot "
+                                          f"{action.value} a task that is {status.value}; allowed from: {allowed})")
+    target = rule.target_from(status)
+    if action == Action.answer and status == TaskStatus.escalated:
+        target = ANSWER_RESUMES
     if action in (Action.verify, Action.reject) and fixed_by is not None and actor == fixed_by:
         raise TaskPermissionDenied("actor", "you submitted this fix and cannot verify or reject it; the verifier "
                                             "must be someone else from the inspecting side (不能核实自己提交的整改)")
-    return rule.target
+    return target
 
 
 # --- who may act, and who sees what (issue 10) ------------------------------------------
@@ -170,7 +210,8 @@ def acting_role(principal, action: Action, *, inspecting_node: str, owner_node: 
       (the subject's contact; administrators do not act for a subject: a fix is the
       subject's own declaration, so it stays with its own account).
     - verify, reject (销号 / 退回): an inspector of the inspecting side (`inspecting_nodes`).
-    - answer: an inspector or administrator of the tier the task was escalated to.
+    - answer: an inspector or administrator of the tier the task was escalated to: the
+      parent stack's office, or the ledger's own office when there is no parent stack.
     """
     if action in SUBJECT_ACTIONS:
         if principal.holds(RECTIFIER, responsible_node):
@@ -188,8 +229,8 @@ def acting_role(principal, action: Action, *, inspecting_node: str, owner_node: 
     for role in (INSPECTOR, ADMINISTRATOR):
         if principal.holds(role, target):
             return role
-    raise TaskPermissionDenied("role", f"只有上级 {target} 的检查员或管理员可以协调答复; requires role "
-                                       f"inspector or administrator on {target}, the tier asked to coordinate")
+    raise TaskPermissionDenied("role", f"只有受理上报协调的 {target} 的检查员或管理员可以协调答复; requires role "
+                                       f"inspector or administrator on {target}, the office asked to coordinate")
 
 
 def on_inspecting_side(principal, inspecting_node: str) -> bool:
@@ -260,11 +301,24 @@ def answer_due(now: datetime, answer_hours: int = DEFAULT_ANSWER_HOURS) -> datet
     return now + timedelta(hours=answer_hours)
 
 
-def escalation_target(owner_node: str) -> str:
-    parent = parent_of(owner_node)
-    if parent is None:
-        raise TaskRuleViolation("owner_node", f"{owner_node} is a province: there is no tier above to coordinate")
-    return parent
+def escalation_target(owner_node: str, parent_stack: str | None) -> str:
+    """Who is asked to coordinate an escalation of a task in `owner_node`'s ledger.
+
+    The parent stack (PARENT_STACK: the tier above that runs a stack and is federated with
+    this one) when there is one: the request goes up the link and that office answers.
+    Without one, the office itself (督办 inside the office): the tier above runs no stack and
+    would never answer, which left every escalated task waiting for ever."""
+    if parent_stack is None:
+        return owner_node
+    if parent_stack == owner_node or not is_within(owner_node, parent_stack):
+        raise TaskRuleViolation("PARENT_STACK", f"上级系统 {parent_stack} 不是 {owner_node} 的上级区划 (the parent "
+                                                f"stack must be a tier above the ledger's node)")
+    return parent_stack
+
+
+def escalated_outside(escalated_to: str | None, owner_node: str) -> bool:
+    """Whether an escalation was addressed to another tier's office (up the federation link)."""
+    return escalated_to is not None and not is_within(escalated_to, owner_node)
 
 
 # --- the sweeper -------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class Task(Base):
     escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     answer_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # When the latest escalation was answered: the coordination is pending while the task is
+    # escalated and not answered since (domain.coordination_pending), whatever its status.
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     relapse_of: Mapped[str | None] = mapped_column(ForeignKey("tasks_tasks.id"))
     # Set when the task was handed down to a child stack (its ledger owns the lifecycle);
     # this row then follows the child's status events.

@@ -130,6 +130,8 @@ class TaskOut(BaseModel):
     escalated_at: datetime | None
     escalation_reason: str | None
     answer_due_at: datetime | None
+    coordination_pending: bool = Field(default=False, description="an escalation awaits its answer (待协调答复); "
+                                                                  "the task stays workable meanwhile")
     delegated_to: str | None = Field(default=None, description="handed down to this child stack (下级台账办理)")
     relapse_of: str | None = Field(description="the closed task this one repeats (反弹)")
     relapse: bool = Field(description="flagged as a relapse (反弹)")
@@ -199,6 +201,8 @@ class SweepOut(BaseModel):
     urged: int
     escalated: int
     figures_published: int
+    retargeted: int = Field(default=0, description="escalations waiting on a tier that runs no stack, handed to "
+                                                   "this office (改由本级督办; only without PARENT_STACK)")
 
 
 class CoordinationOut(BaseModel):

@@ -8,7 +8,8 @@ Who may do what (issue 10; the actor and role recorded come from the access toke
   reads (/tasks, /figures, exports, /coordination)  every role, filtered to the caller's subtrees
   start, fix, escalate       a rectifier of the task's responsible subject (grant on its node)
   verify, reject (销号)      an inspector of the inspecting side, never who submitted the fix
-  answer an escalation       an inspector or administrator of the tier asked to coordinate
+  answer an escalation       an inspector or administrator of the office asked to coordinate (the
+                             parent stack's, or this office's own without PARENT_STACK)
   POST /sweeps               an administrator of this stack's home node
 An unannounced inspection's tasks (暗访) are embargoed until `inspection_released`: only the
 inspecting side sees them, nothing is announced or handed down; afterwards the subject side
@@ -17,8 +18,11 @@ never sees who inspected nor the inspectors' notes.
 Config (infra/nameko.yaml):
   TASKS_SWEEP_INTERVAL          seconds between sweeps in each instance (default 60; 0 = no timer)
   TASKS_URGE_REPEAT_HOURS       repeat an urge notice (督办) this often while overdue (24)
-  TASKS_ESCALATION_GRACE_HOURS  escalate to the tier above this long after the deadline (72)
-  TASKS_ANSWER_HOURS            the tier above owes an answer within this many hours (72)
+  TASKS_ESCALATION_GRACE_HOURS  escalate this long after the deadline (72)
+  TASKS_ANSWER_HOURS            the office asked owes an answer within this many hours (72)
+  PARENT_STACK                  the tier above that runs a stack and is federated (its node code):
+                                escalations go up the link to it; empty = none, they stay inside
+                                this office (督办), and escalated tasks stay workable either way
   TASKS_RELAPSE_WINDOW_DAYS     a repeat finding within this many days of a close-out is a relapse (90)
   TASKS_SWEEP_BATCH             tasks taken per sweep (500)
   TASKS_SATISFACTION_DEADLINE_DAYS  time limit of a low satisfaction item's task (30: our default;

@@ -11,7 +11,8 @@ and its children's freshness, then stops the stacks and removes the vhosts.
 Each tier's stack is one `nameko run` of the four services with its own ports
 (base + 10 × i + 1..6), its own SQLite file and log in var/demo/, its own vhost; the
 tier's children that run stacks of their own are its CHILD_STACKS, so findings about
-them are handed down. Ctrl-C (or any error) stops every stack this command started.
+them are handed down, and its parent is its PARENT_STACK, so escalations go up to it.
+Ctrl-C (or any error) stops every stack this command started.
 """
 from __future__ import annotations
 
@@ -330,6 +331,8 @@ def start_stack(stack: Stack, config: federation.TierConfig) -> None:
         "CONSOLE_ADDRESS": f"127.0.0.1:{stack.port('console')}",
         "PHOTOS_DIR": str(VAR / stack.node / "photos"),
         "CHILD_STACKS": ",".join(stack.children),
+        # The tier above runs a stack of its own in the demo: escalations go up the link to it.
+        "PARENT_STACK": stack.tier.parent or "",
         "TASKS_SWEEP_INTERVAL": "0",
         "NOTIFY_BULLETIN_SCHEDULE": "false",
         "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1",  # no mail leaves the demo

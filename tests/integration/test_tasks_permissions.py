@@ -238,6 +238,42 @@ def test_role_node_action_matrix(ledger):
     assert len(callers["viewer@street"].get("/coordination", params={"status": "all"}).json()) == len(PRINCIPALS)
 
 
+# Answering an escalation inside the office (issue 25): this stack has no PARENT_STACK, so a task
+# escalated here waits on the street's own office, whose inspectors and administrators answer it;
+# the route admits inspectors and administrators, the use case those of the street (or above it).
+ANSWER_INSIDE = expect({"administrator@street": 200, "inspector@street": 200,
+                        "administrator@other": 404, "inspector@other": 404}, 403)
+
+
+def test_an_escalation_without_a_parent_stack_is_answered_by_this_offices_inspectors_and_administrators(ledger):
+    api = ledger["api"]
+    callers = clients(api)
+    fixer = api.as_user("张伟", [("rectifier", COMMUNITY)])
+    inspection = submitted(len(PRINCIPALS))
+    send_inspection(ledger, inspection)
+    failures = []
+    for who, task in zip(PRINCIPALS, tasks_of(api, inspection, len(PRINCIPALS))):
+        tid = task["task_id"]
+        asked = fixer.post(f"/tasks/{tid}/escalate", {"reason": "需街道协调"})
+        assert asked.status_code == 200 and asked.json()["escalated_to"] == STREET, asked.text
+        response = callers[who].post(f"/tasks/{tid}/answer", {"note": "已协调环卫所"})
+        after = api.get(f"/tasks/{tid}").json()
+        if response.status_code != ANSWER_INSIDE[who]:
+            failures.append(f"answer by {who}: expected {ANSWER_INSIDE[who]}, got {response.status_code} "
+                            f"{response.text[:200]}")
+        elif response.status_code == 200:
+            last = after["history"][-1]
+            if (last["action"], last["actor"], after["status"], after["coordination_pending"]) != (
+                    "answer", who, "in_progress", False):
+                failures.append(f"answer by {who}: recorded {last}, task {after['status']}")
+        elif (after["status"], after["coordination_pending"]) != ("escalated", True):
+            failures.append(f"answer by {who}: refused, yet the task changed")
+    assert not failures, "\n".join(failures)
+    [(up,)] = support.scalar_rows(ledger["database_url"],
+                                  "SELECT count(*) FROM tasks_outbox WHERE exchange = 'chuangwei.up'")
+    assert up == 0   # no parent stack: nothing was sent up a link
+
+
 def test_the_recorded_actor_is_the_authenticated_one_and_the_fixer_cannot_verify(ledger):
     api = ledger["api"]
     inspection = submitted(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -50,19 +50,33 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-@pytest.fixture
-def stack(amqp_uri, database_url, event_tap):
+@contextmanager
+def street_stack(amqp_uri, database_url, event_tap, **extra):
     ports = {"inspection": support.free_port(), "tasks": support.free_port()}
     config = support.base_config(
         amqp_uri, database_url, WEB_ADDRESSES={k: f"127.0.0.1:{p}" for k, p in ports.items()},
         TASKS_SWEEP_INTERVAL=0, TASKS_URGE_REPEAT_HOURS=24, TASKS_ESCALATION_GRACE_HOURS=48,
-        TASKS_ANSWER_HOURS=72, TASKS_RELAPSE_WINDOW_DAYS=90)
+        TASKS_ANSWER_HOURS=72, TASKS_RELAPSE_WINDOW_DAYS=90, **extra)
     tap = event_tap(("tasks.events", "#"))
     with support.running_services(config, InspectionService, TasksService) as runner:
         yield {"inspection": support.ApiClient(f"http://127.0.0.1:{ports['inspection']}"),
                "tasks": support.ApiClient(f"http://127.0.0.1:{ports['tasks']}"),
                "tap": tap, "config": config, "runner": runner, "database_url": database_url,
                "amqp_uri": amqp_uri}
+
+
+@pytest.fixture
+def stack(amqp_uri, database_url, event_tap):
+    """The street's stack federated with the district's (PARENT_STACK): escalations go up the link."""
+    with street_stack(amqp_uri, database_url, event_tap, PARENT_STACK=DISTRICT) as running:
+        yield running
+
+
+@pytest.fixture
+def lone_stack(amqp_uri, database_url, event_tap):
+    """The street's stack alone: the district runs no stack (no PARENT_STACK), as the README's example."""
+    with street_stack(amqp_uri, database_url, event_tap) as running:
+        yield running
 
 
 def register(api):
@@ -384,6 +398,130 @@ def test_an_overdue_task_is_urged_again_and_escalated_to_the_district_after_the_
     assert escalated["history"][-1]["role"] == "system"
     assert api.post("/sweeps").json()["escalated"] == 0
     clock.reset()
+
+
+# --- issue 25: escalation stops at the top tier that runs a stack, and never locks a task ---------------
+
+
+def escalate_the_overdue_task(scene: Scene) -> dict:
+    """PT-03 closed, PT-02 left to go overdue: urged an hour after its deadline, urged again and
+    escalated by the sweeper 49 h after it (beyond the 48 h grace). The clock stays there."""
+    require_closed_on_time(scene)
+    require_urged_once(scene)
+    set_clock_past_the_immediate_deadline(scene, 49)
+    sweep = scene.stack["tasks"].post("/sweeps")
+    assert sweep.status_code == 201 and sweep.json()["escalated"] == 1, sweep.text
+    [escalation] = wait_events(scene.stack["tap"], "task_escalated", task_id=scene.overdue_task["task_id"])
+    return escalation
+
+
+def published_up(database_url: str) -> int:
+    """Events this stack staged for the federation link to a parent stack (the outbox is the whole record)."""
+    [(count,)] = support.scalar_rows(database_url, "SELECT count(*) FROM tasks_outbox WHERE exchange = 'chuangwei.up'")
+    return count
+
+
+def test_without_a_parent_stack_the_sweeper_escalates_inside_the_office_whose_inspector_answers_and_closes_it(
+        lone_stack):
+    """No PARENT_STACK: past the grace the sweeper escalates the overdue task to the street's own office
+    (督办 inside the office), nothing goes up a federation link; the subject and the district cannot
+    answer it, the street's inspector can (with a new deadline), and the task is fixed and closed out."""
+    scene = open_three_tasks(lone_stack)
+    api, who, oid = lone_stack["tasks"], scene.who, scene.overdue_task["task_id"]
+    escalation = escalate_the_overdue_task(scene)
+    try:
+        assert escalation["payload"]["to_node"] == STREET
+        escalated = api.get(f"/tasks/{oid}").json()
+        assert (escalated["status"], escalated["escalated_to"], escalated["coordination_pending"]) == (
+            "escalated", STREET, True)
+        assert published_up(lone_stack["database_url"]) == 0
+        assert api.post("/sweeps").json()["escalated"] == 0           # never escalated twice
+        refused = who["张伟"].post(f"/tasks/{oid}/answer", {"note": "已协调"})
+        assert refused.status_code == 403 and refused.json()["errors"][0]["field"] == "role", refused.text
+        new_deadline = (clock.now() + timedelta(days=2)).replace(microsecond=0)
+        answered = who["王芳"].post(f"/tasks/{oid}/answer", {"note": "街道已协调环卫所清掏",
+                                                             "new_deadline_at": new_deadline.isoformat()})
+        assert answered.status_code == 200, answered.text
+        answered = answered.json()
+        assert (answered["status"], answered["coordination_pending"], answered["deadline_source"]) == (
+            "in_progress", False, "coordinator")
+        assert parse_time(answered["deadline_at"]) == new_deadline and answered["light"] == "green"
+        assert (answered["history"][-1]["actor"], answered["history"][-1]["role"]) == ("王芳", "inspector")
+        again = who["李强"].post(f"/tasks/{oid}/answer", {"note": "再次答复"})
+        assert again.status_code == 409 and again.json()["errors"][0]["field"] == "status", again.text
+        fixed = who["张伟"].post(f"/tasks/{oid}/fix", {"note": "已清掏并冲洗", "after_photos": [PHOTO_AFTER]})
+        assert fixed.status_code == 200 and fixed.json()["status"] == "fix_submitted", fixed.text
+        closed = who["李强"].post(f"/tasks/{oid}/verify", {"note": "复查合格"})
+        assert closed.status_code == 200 and closed.json()["status"] == "closed", closed.text
+        assert closed.json()["on_time"] is True   # fixed by the deadline the office granted
+        [closed_event] = wait_events(lone_stack["tap"], "task_closed", task_id=oid)
+        assert closed_event["payload"]["verified_by"] == "李强"
+        assert [h["action"] for h in closed.json()["history"]] == [
+            "open", "urge", "urge", "escalate", "answer", "submit_fix", "verify"]
+    finally:
+        clock.reset()
+
+
+def test_the_street_administrator_answers_an_escalation_inside_the_office(lone_stack):
+    """The office's administrator may answer too: the subject asked for help (上报协调) with no parent stack."""
+    scene = open_three_tasks(lone_stack)
+    api, who, tid = lone_stack["tasks"], scene.who, scene.rejected_task["task_id"]
+    asked = who["张伟"].post(f"/tasks/{tid}/escalate", {"reason": "洗手池产权不清，请街道协调"})
+    assert asked.status_code == 200 and asked.json()["escalated_to"] == STREET, asked.text
+    admin = api.as_user("街道创卫办", [("administrator", STREET)])
+    answered = admin.post(f"/tasks/{tid}/answer", {"note": "已协调物业更换"})
+    assert answered.status_code == 200 and answered.json()["status"] == "in_progress", answered.text
+    assert answered.json()["history"][-1]["role"] == "administrator"
+    assert published_up(lone_stack["database_url"]) == 0
+
+
+def test_an_escalated_task_can_still_be_started_fixed_rejected_verified_and_closed(stack):
+    """Escalated to the parent stack's office and not yet answered, the task stays workable: the subject
+    starts and fixes it, the inspector rejects and then verifies it (销号); the coordination stays pending
+    until the close-out, the sweeper escalates it no more, and the parent's late answer changes nothing."""
+    from services.contracts.events import Producer as EventProducer, make_event
+    from services.contracts.events.tasks import CoordinationAnswered
+    from services.contracts.tiers import PARENT_EXCHANGE, routing_key as tier_routing_key
+    scene = open_three_tasks(stack)
+    api, who, oid = stack["tasks"], scene.who, scene.overdue_task["task_id"]
+    try:
+        escalation = escalate_the_overdue_task(scene)
+        assert escalation["payload"]["to_node"] == DISTRICT and published_up(stack["database_url"]) == 1
+        started = who["张伟"].post(f"/tasks/{oid}/start", {"note": "先行清掏"})
+        assert started.status_code == 200, started.text
+        assert (started.json()["status"], started.json()["coordination_pending"]) == ("in_progress", True)
+        assert api.post("/sweeps").json()["escalated"] == 0
+        body = {"note": "已清掏", "after_photos": [PHOTO_AFTER]}
+        assert who["张伟"].post(f"/tasks/{oid}/fix", body).json()["status"] == "fix_submitted"
+        rejected = who["李强"].post(f"/tasks/{oid}/reject", {"reason": "仍有积粪"})
+        assert rejected.status_code == 200 and rejected.json()["status"] == "in_progress", rejected.text
+        assert who["刘洋"].post(f"/tasks/{oid}/fix", {**body, "note": "已彻底清掏"}).status_code == 200
+        closed = who["王芳"].post(f"/tasks/{oid}/verify", {"note": "复查合格"})
+        assert closed.status_code == 200, closed.text
+        assert (closed.json()["status"], closed.json()["coordination_pending"]) == ("closed", False)
+        assert closed.json()["on_time"] is False   # fixed long after its deadline
+        wait_events(stack["tap"], "task_closed", task_id=oid)
+        late = who["区爱卫办"].post(f"/tasks/{oid}/answer", {"note": "已协调"})
+        assert late.status_code == 409 and late.json()["errors"][0]["field"] == "status", late.text
+        # The district's answer to its request comes down the link after the close-out: taken, no harm.
+        handled = support.events_consumed(api, "tasks", "coordination_answered")
+        processed = support.events_consumed(api, "tasks", "coordination_answered", outcomes=("processed",))
+        answer = CoordinationAnswered(task_id=oid, coordinator_node=DISTRICT, owner_node=STREET,
+                                      answered_by="区爱卫办", answer="已协调环卫所",
+                                      new_deadline_at=clock.now() + timedelta(days=3), answered_at=clock.now())
+        with Connection(stack["amqp_uri"]) as conn:
+            exchange = Exchange(PARENT_EXCHANGE, type="topic", durable=True)
+            exchange(conn.default_channel).declare()
+            Producer(conn.default_channel).publish(
+                make_event(answer, EventProducer(node=DISTRICT, service="tasks"), correlation_id=oid).to_message(),
+                exchange=exchange, routing_key=tier_routing_key("coordination_answered", STREET), serializer="json")
+        support.wait_consumed(api, "tasks", "coordination_answered", handled + 1)
+        after = api.get(f"/tasks/{oid}").json()
+        assert after["status"] == "closed" and after["history"][-1]["action"] == "verify"
+        assert support.events_consumed(api, "tasks", "coordination_answered",
+                                       outcomes=("processed",)) == processed + 1   # not dead-lettered
+    finally:
+        clock.reset()
 
 
 # --- reject, then verify the third -------------------------------------------------------------------

@@ -64,7 +64,8 @@ def tier_chain(infrastructure, make_database):
                 service_config = support.base_config(
                     support.with_vhost(amqp, tier.vhost), tier.database_url, node=node,
                     WEB_ADDRESSES={svc: f"127.0.0.1:{port}" for svc, port in ports.items()},
-                    CHILD_STACKS=list(children), TASKS_SWEEP_INTERVAL=0, SCORING_POLICY="street",
+                    CHILD_STACKS=list(children), PARENT_STACK=parent or "", TASKS_SWEEP_INTERVAL=0,
+                    SCORING_POLICY="street",
                     # No more workers than pooled connections (3 + 5, less the relay's and the
                     # pruner's): on a loaded machine more would queue 30 s for a connection and fail.
                     max_workers=5, **extra)

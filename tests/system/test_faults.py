@@ -183,7 +183,8 @@ def world(tmp_path_factory):
         child_ports = {s: support.free_port() for s in SERVICES}
         child_database_url = pg.create_database("community")
         child_config = dict(config, AMQP_URI=support.with_vhost(broker.amqp_uri, "community"),
-                            DATABASE_URL=child_database_url, NODE_CODE=COMMUNITY, AMQP_URIS={}, EVENT_PRODUCERS={},
+                            DATABASE_URL=child_database_url, NODE_CODE=COMMUNITY, PARENT_STACK=STREET,
+                            AMQP_URIS={}, EVENT_PRODUCERS={},
                             WEB_ADDRESSES={s: f"127.0.0.1:{p}" for s, p in child_ports.items()})
         child_file = base / "community.yaml"
         child_file.write_text(yaml.safe_dump(child_config, allow_unicode=True))

@@ -40,7 +40,7 @@ def two_tiers(infrastructure, make_database):
             service_config = support.base_config(
                 support.with_vhost(amqp, f"t{run}-{node}"), make_database(), node=node,
                 WEB_ADDRESSES={"indicators": f"127.0.0.1:{port}"},
-                CHILD_STACKS=[STREET] if node == DISTRICT else [])
+                CHILD_STACKS=[STREET] if node == DISTRICT else [], PARENT_STACK=DISTRICT if node == STREET else "")
             stack.enter_context(support.running_services(service_config, IndicatorsService))
             apis[node] = support.ApiClient(f"http://127.0.0.1:{port}")
         yield apis

@@ -50,6 +50,8 @@ def test_every_compose_tier_has_its_own_broker_and_stack():
             assert f"services.{service}.service" in command
         children = {c.node for c in config.children(tier.node)}
         assert set(filter(None, str(env.get("CHILD_STACKS") or "").split(","))) == children
+        # Escalations go up the link to the parent tier's stack, and the top tier keeps them (issue 25).
+        assert str(env.get("PARENT_STACK") or "") == (tier.parent or ""), f"{tier.node}: PARENT_STACK"
         assert "wire" in stacks[0]["depends_on"]
     assert len(brokers_seen) == len(config.tiers), "one broker per tier"
 

@@ -83,7 +83,8 @@ class TaskOverdue(Payload):
 @event_payload("task_escalated", 1)
 class TaskEscalated(Payload):
     task: TaskRef
-    to_node: NodeCode = Field(description="the tier above, asked to coordinate")
+    to_node: NodeCode = Field(description="the office asked to coordinate: the parent stack's, or the ledger's "
+                                          "own office (its owner node) when this stack has no parent stack")
     reason: str
     answer_due_at: AwareDatetime
     at: AwareDatetime

@@ -8,7 +8,7 @@ from typing import Protocol
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from services.plumbing.config import number_setting
+from services.plumbing.config import number_setting, parent_stack
 from services.plumbing.sql import insert_for
 from services.contracts.errors import UnknownReference
 from services.contracts.identity import OFFICE_ROLES
@@ -30,19 +30,23 @@ class Settings:
     """Config keys (nameko YAML): TASKS_RELAPSE_WINDOW_DAYS (90), TASKS_URGE_REPEAT_HOURS (24),
     TASKS_ESCALATION_GRACE_HOURS (72), TASKS_ANSWER_HOURS (72), TASKS_SWEEP_BATCH (500),
     TASKS_SATISFACTION_DEADLINE_DAYS (30: the time limit of a low satisfaction item's task; our
-    default, the policy leaves it to the office; not positive means the default)."""
+    default, the policy leaves it to the office; not positive means the default),
+    PARENT_STACK (the node code of the tier above that runs a stack and is federated with this
+    one; empty: none, and escalations stay inside this office)."""
     relapse_window: timedelta = domain.DEFAULT_RELAPSE_WINDOW
     urge_repeat: timedelta = domain.DEFAULT_URGE_REPEAT
     escalation_grace: timedelta = domain.DEFAULT_ESCALATION_GRACE
     answer_hours: float = domain.DEFAULT_ANSWER_HOURS
     sweep_batch: int = 500
     satisfaction_deadline_days: float = 30.0
+    parent_stack: str | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
         def number(key, default):
             return number_setting(config, key, default)
         return cls(
+            parent_stack=parent_stack(config),
             relapse_window=timedelta(days=number("TASKS_RELAPSE_WINDOW_DAYS", 90)),
             urge_repeat=timedelta(hours=number("TASKS_URGE_REPEAT_HOURS", 24)),
             escalation_grace=timedelta(hours=number("TASKS_ESCALATION_GRACE_HOURS", 72)),

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from services.contracts.errors import StateConflict, UnknownReference
 from services.contracts.tiers import DOWN_EXCHANGE, routing_key as tier_routing_key
-from services.contracts.events.tasks import CoordinationAnswered, CoordinationRequested, TaskEscalated, TaskRef, TaskStatus
+from services.contracts.events.tasks import CoordinationAnswered, CoordinationRequested, TaskEscalated, TaskRef
 from services.tasks import domain, metrics
 from services.tasks.domain import Action, Role, TaskRuleViolation
 from services.tasks.models import CoordinationRequest, Task
@@ -101,13 +101,20 @@ def answer_coordination(session: Session, task_id: str, principal, note: str,
 
 def apply_coordination_answer(session: Session, answer: CoordinationAnswered, outbox: OutboxLike,
                               settings: Settings, now: datetime, home: str) -> Task | None:
-    """The tier above answered this ledger's escalation: back to work, maybe with a new deadline."""
+    """The tier above answered this ledger's escalation: back to work, maybe with a new deadline.
+
+    The subject may have taken the task up again meanwhile (escalation never locks it): the
+    answer then keeps its status. If the task was closed before the answer came, or the
+    escalation was answered already (or retargeted to this office and answered here), the
+    answer changes nothing: the parent's answer is kept on its own record only."""
     if answer.owner_node != home:
         return None
     task = session.execute(select(Task).where(Task.id == answer.task_id).with_for_update()
                            .execution_options(populate_existing=True)).scalar_one_or_none()
-    if task is None or task.status != TaskStatus.escalated.value:
-        return None  # answered already (or locally) — nothing left to do
+    if task is None or not domain.coordination_pending(task.status, task.escalated_at, task.answered_at):
+        return None  # closed, answered already (or locally) — nothing left to do
+    if task.escalated_to != answer.coordinator_node:
+        return None  # the escalation now waits on another office (retargeted): not this answer's to settle
     # A deadline that has passed while the answer travelled is not granted.
     deadline = answer.new_deadline_at if answer.new_deadline_at and answer.new_deadline_at > now else None
     coordinator = Actor(answer.answered_by[:NAME_MAX], None, Role.coordinator.value)

@@ -8,7 +8,6 @@ from typing import Iterable
 from sqlalchemy.orm import Session
 
 from services.contracts.errors import StateConflict
-from services.contracts.nodes import is_within
 from services.contracts.tiers import UP_EXCHANGE, routing_key as tier_routing_key
 from services.contracts.events.inspection import Evidence
 from services.contracts.events.tasks import TaskClosed, TaskEscalated, TaskStatus, TaskStatusChanged
@@ -66,7 +65,9 @@ def _transition(session: Session, task: Task, action: Action, actor: Actor, now:
     from_status = TaskStatus(task.status)
     side = Role.system if actor.role == Role.system.value else domain.side_of(action)
     target = domain.check_transition(from_status, action, side, actor.subject or actor.name,
-                                     task.fixed_by_subject if actor.subject else None)
+                                     task.fixed_by_subject if actor.subject else None,
+                                     pending=domain.coordination_pending(task.status, task.escalated_at,
+                                                                         task.answered_at))
     evidence_json = [e.model_dump(mode="json") for e in evidence]
     # What events say about who acted: for an unannounced inspection the inspecting side is
     # its office, never its people (notices reach the subject).
@@ -82,17 +83,20 @@ def _transition(session: Session, task: Task, action: Action, actor: Actor, now:
         task.hours_to_fix = domain.hours_between(task.found_at, fixed_at)
         metrics.HOURS_TO_FIX.observe(task.hours_to_fix)
     elif action == Action.escalate:
-        task.escalated_to = domain.escalation_target(task.owner_node)
+        task.escalated_to = domain.escalation_target(task.owner_node, settings.parent_stack)
         task.escalated_at, task.escalation_reason = now, note
         task.answer_due_at = now + timedelta(hours=settings.answer_hours)
+        task.answered_at = None
         metrics.ESCALATIONS.labels("sweeper" if side == Role.system else "responsible").inc()
-    elif action == Action.answer and new_deadline_at is not None:
-        if new_deadline_at <= now:
-            raise TaskRuleViolation("new_deadline_at", "a new deadline must lie in the future")
-        task.deadline_at, task.deadline_source = new_deadline_at, "coordinator"
-        task.yellow_at = domain.yellow_from(task.found_at, new_deadline_at)
-        task.overdue_since = None
-        task.last_urged_at = None
+    elif action == Action.answer:
+        if new_deadline_at is not None:
+            if new_deadline_at <= now:
+                raise TaskRuleViolation("new_deadline_at", "新期限必须晚于当前时间 (a new deadline must lie in the future)")
+            task.deadline_at, task.deadline_source = new_deadline_at, "coordinator"
+            task.yellow_at = domain.yellow_from(task.found_at, new_deadline_at)
+            task.overdue_since = None
+            task.last_urged_at = None
+        task.answered_at = now
     task.status = target.value
     task.updated_at = now
     task.history.append(TaskHistory(at=now, actor=actor.name, actor_subject=actor.subject, role=actor.role,
@@ -113,8 +117,9 @@ def _transition(session: Session, task: Task, action: Action, actor: Actor, now:
         escalated = TaskEscalated(task=ref, to_node=task.escalated_to, reason=note,
                                   answer_due_at=task.answer_due_at, at=now)
         outbox.add(session, escalated, correlation_id=task.id)
-        if not is_within(task.escalated_to, task.owner_node):
-            # The tier above runs its own stack: the request for coordination goes up the link.
+        if domain.escalated_outside(task.escalated_to, task.owner_node):
+            # The parent stack's office coordinates: the request goes up the federation link.
+            # An escalation inside this office (no parent stack) stays here.
             outbox.add(session, escalated, correlation_id=task.id, exchange=UP_EXCHANGE,
                        routing_key=tier_routing_key("task_escalated", task.owner_node))
     metrics.TRANSITIONS.labels(action.value).inc()

@@ -1,12 +1,12 @@
 """The sweeper: overdue tasks, urge notices (督办) and escalations, on the clock."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.contracts.events.tasks import TaskOverdue
+from services.contracts.events.tasks import TaskEscalated, TaskOverdue, TaskStatus
 from services.tasks import domain, metrics
 from services.tasks.domain import Action, Role
 from services.tasks.models import Task, TaskHistory
@@ -68,7 +68,44 @@ def sweep(session: Session, outbox: OutboxLike, now: datetime, settings: Setting
                         note=f"逾期超过{hours:g}小时仍未整改，自动上报协调 (overdue beyond the grace period)",
                         evidence=[])
             escalated += 1
+    retargeted = retarget_escalations(session, outbox, now, settings)
     session.flush()
     published = refresh_figures(session, outbox, _figure_keys(touched), now)
     return SweepOut(swept_at=now, examined=len(tasks), marked_overdue=marked, urged=urged, escalated=escalated,
-                    figures_published=published)
+                    figures_published=published, retargeted=len(retargeted))
+
+
+def retarget_escalations(session: Session, outbox: OutboxLike, now: datetime, settings: Settings) -> list[Task]:
+    """Escalations still waiting on another tier's office while this stack has no parent stack
+    (PARENT_STACK unset) are handed to this office (改由本级督办), so that someone can answer them.
+
+    Before issue 25 every escalation went to the tier above, which need not run a stack: its
+    tasks waited for an answer that never came. This follows the config (a stack later given a
+    parent stack keeps escalating upward) and is idempotent: a retargeted task is addressed to
+    its own node and no longer matches. The office is told as for a new escalation
+    (`task_escalated` to its own node, on this stack's exchange only: nothing goes up a link)."""
+    if settings.parent_stack is not None:
+        return []
+    stmt = (select(Task).where(Task.escalated_to.is_not(None), Task.escalated_to != Task.owner_node,
+                               Task.status != TaskStatus.closed.value, Task.delegated_to.is_(None),
+                               or_(Task.answered_at.is_(None), Task.answered_at < Task.escalated_at))
+            .order_by(Task.escalated_at, Task.id).limit(settings.sweep_batch)
+            .with_for_update(skip_locked=True).execution_options(populate_existing=True))
+    moved = []
+    for task in session.execute(stmt).scalars().all():
+        if not (domain.coordination_pending(task.status, task.escalated_at, task.answered_at)
+                and domain.escalated_outside(task.escalated_to, task.owner_node)):
+            continue  # re-read after locking: another instance has just handled it
+        previous = task.escalated_to
+        task.escalated_to = domain.escalation_target(task.owner_node, None)
+        task.answer_due_at = now + timedelta(hours=settings.answer_hours)
+        task.updated_at = now
+        reason = (f"上级 {previous} 未部署系统（未配置 PARENT_STACK），上报协调改由本级督办答复 "
+                  f"(no parent stack: the escalation is answered inside this office)")
+        task.history.append(TaskHistory(at=now, actor=SYSTEM_ACTOR, role=Role.system.value, action="retarget",
+                                        from_status=task.status, to_status=task.status, reason=reason, evidence=[]))
+        outbox.add(session, TaskEscalated(task=task_ref(task), to_node=task.escalated_to,
+                                          reason=task.escalation_reason or reason,
+                                          answer_due_at=task.answer_due_at, at=now), correlation_id=task.id)
+        moved.append(task)
+    return moved

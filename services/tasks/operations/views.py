@@ -73,6 +73,7 @@ def task_out(task: Task, now: datetime, with_history: bool = False, principal=No
         on_time=task.on_time,
         hours_to_fix=task.hours_to_fix, escalated_to=task.escalated_to, escalated_at=task.escalated_at,
         escalation_reason=task.escalation_reason, answer_due_at=task.answer_due_at,
+        coordination_pending=domain.coordination_pending(task.status, task.escalated_at, task.answered_at),
         relapse_of=task.relapse_of, relapse=task.relapse_of is not None, delegated_to=task.delegated_to,
         embargoed=bool(task.embargoed), released_at=task.released_at,
         history=[history_out(h, task, redact) for h in task.history] if with_history else None)

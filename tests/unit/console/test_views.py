@@ -44,6 +44,8 @@ def test_dashboard_ranking_trend_lights_and_lists():
     assert view["lights"] == {"red": 2, "yellow": 1, "green": 1}
     assert [t["deadline_at"] for t in view["overdue"]] == ["2026-11-20T00:00:00Z"]
     assert [t["status"] for t in view["escalated"]] == ["escalated"]
+    taken_up = task(status="in_progress", escalated_to=STREET, coordination_pending=True)
+    assert views.dashboard(None, [taken_up], None, {})["escalated"] == [taken_up]
     assert view["freshness"][0]["age"] == "66 分钟前" and view["freshness_visible"]
     assert views.dashboard(None, [], None, {})["freshness_visible"] is False
 
@@ -56,11 +58,40 @@ def test_dashboard_ranking_trend_lights_and_lists():
     ("fix_submitted", [("inspector", DISTRICT)], ["verify", "reject"]),   # a grant above covers the subtree
     ("open", [("inspector", STREET), ("viewer", STREET)], []),
     ("escalated", [("administrator", STREET)], ["answer"]),
-    ("escalated", [("rectifier", COMMUNITY)], []),
+    ("escalated", [("inspector", STREET)], ["answer"]),
+    # An escalated task stays workable (issue 25): the subject starts or fixes it, never escalates twice.
+    ("escalated", [("rectifier", COMMUNITY)], ["start", "fix"]),
+    ("escalated", [("viewer", STREET), ("inspector", COMMUNITY)], []),
     ("closed", [("inspector", STREET), ("rectifier", COMMUNITY)], []),
 ])
 def test_a_task_offers_the_actions_its_viewer_may_take(status, who, expected):
     assert views.task_actions(task(status=status, escalated_to=STREET), person(*who)) == expected
+
+
+@pytest.mark.parametrize("status, who, expected", [
+    # Escalated inside the street's own office (no parent stack) and taken up again: the office may still
+    # answer while the coordination is pending; the subject fixes, the inspecting side closes out.
+    ("in_progress", [("rectifier", COMMUNITY)], ["fix"]),
+    ("in_progress", [("inspector", STREET)], ["answer"]),
+    ("fix_submitted", [("inspector", STREET)], ["verify", "reject", "answer"]),
+    ("fix_submitted", [("administrator", STREET)], ["answer"]),
+    ("fix_submitted", [("inspector", DISTRICT)], ["verify", "reject", "answer"]),   # a grant above covers it
+])
+def test_a_task_escalated_inside_the_office_stays_workable_and_answerable(status, who, expected):
+    escalated = task(status=status, escalated_to=STREET, coordination_pending=True)
+    assert views.task_actions(escalated, person(*who)) == expected
+
+
+def test_only_the_office_asked_answers_and_only_while_the_coordination_is_pending():
+    upward = task(status="escalated", escalated_to=DISTRICT, coordination_pending=True)
+    assert views.task_actions(upward, person(("administrator", STREET))) == []
+    assert views.task_actions(upward, person(("inspector", DISTRICT))) == ["answer"]
+    assert views.task_actions(upward, person(("rectifier", COMMUNITY))) == ["start", "fix"]
+    answered = task(status="in_progress", escalated_to=STREET, coordination_pending=False)
+    assert views.task_actions(answered, person(("inspector", STREET))) == []
+    assert views.task_actions(answered, person(("rectifier", COMMUNITY))) == ["fix", "escalate"]
+    closed = task(status="closed", escalated_to=STREET, coordination_pending=False)
+    assert views.task_actions(closed, person(("administrator", STREET))) == []
 
 
 def test_a_delegated_task_offers_nothing_here():

@@ -133,6 +133,68 @@ def test_illegal_transitions_conflict(status, action):
     assert err.value.field == "status"
 
 
+# Escalation adds pressure, it never locks (issue 25): the subject works on, the inspecting side
+# closes out, and the answer stays possible while the coordination is pending.
+WORKABLE_WHILE_ESCALATED = [
+    (TaskStatus.escalated, Action.start, Role.responsible, True, TaskStatus.in_progress),
+    (TaskStatus.escalated, Action.submit_fix, Role.responsible, True, TaskStatus.fix_submitted),
+    (TaskStatus.in_progress, Action.submit_fix, Role.responsible, True, TaskStatus.fix_submitted),
+    (TaskStatus.fix_submitted, Action.verify, Role.inspector, True, TaskStatus.closed),
+    (TaskStatus.fix_submitted, Action.reject, Role.inspector, True, TaskStatus.in_progress),
+    (TaskStatus.escalated, Action.answer, Role.coordinator, True, TaskStatus.in_progress),
+    (TaskStatus.in_progress, Action.answer, Role.coordinator, True, TaskStatus.in_progress),
+    (TaskStatus.fix_submitted, Action.answer, Role.coordinator, True, TaskStatus.fix_submitted),
+]
+
+
+@pytest.mark.parametrize("status,action,role,pending,target", WORKABLE_WHILE_ESCALATED)
+def test_an_escalated_task_stays_workable(status, action, role, pending, target):
+    assert check_transition(status, action, role, "王芳", fixed_by="张伟", pending=pending) == target
+
+
+def test_an_escalated_task_goes_the_whole_way_to_close_out_and_the_answer_may_still_come():
+    status = TaskStatus.escalated
+    status = check_transition(status, Action.start, Role.responsible, "张伟", pending=True)
+    # Taken up again, it is urged while overdue but never escalated a second time.
+    assert not decide(status, now=T0 + GRACE * 2, overdue_since=T0, last_urged_at=T0 + GRACE * 2,
+                      escalated_at=T0 + GRACE).escalate
+    status = check_transition(status, Action.answer, Role.coordinator, "区爱卫办", pending=True)
+    assert status == TaskStatus.in_progress
+    status = check_transition(status, Action.submit_fix, Role.responsible, "张伟", pending=False)
+    assert check_transition(status, Action.verify, Role.inspector, "王芳", fixed_by="张伟",
+                            pending=False) == TaskStatus.closed
+
+
+@pytest.mark.parametrize("status", [TaskStatus.open, TaskStatus.in_progress, TaskStatus.fix_submitted,
+                                    TaskStatus.escalated])
+def test_an_answer_needs_a_pending_escalation(status):
+    with pytest.raises(TaskStateConflict) as err:
+        check_transition(status, Action.answer, Role.coordinator, "区爱卫办", pending=False)
+    assert err.value.field == "status" and "协调" in err.value.reason
+
+
+def test_a_task_is_not_escalated_again_while_its_escalation_awaits_the_answer():
+    with pytest.raises(TaskStateConflict) as err:
+        check_transition(TaskStatus.in_progress, Action.escalate, Role.responsible, "张伟", pending=True)
+    assert err.value.field == "status" and "上报协调" in err.value.reason
+    assert check_transition(TaskStatus.in_progress, Action.escalate, Role.responsible, "张伟",
+                            pending=False) == TaskStatus.escalated   # answered: may ask again
+
+
+def test_a_closed_task_is_never_answered():
+    with pytest.raises(TaskStateConflict):
+        check_transition(TaskStatus.closed, Action.answer, Role.coordinator, "区爱卫办", pending=True)
+    assert not domain.coordination_pending(TaskStatus.closed, T0, None)
+
+
+def test_coordination_is_pending_from_the_escalation_until_its_answer():
+    assert not domain.coordination_pending("open", None, None)
+    assert domain.coordination_pending("escalated", T0, None)
+    assert domain.coordination_pending("in_progress", T0, None)        # the subject took it up again
+    assert not domain.coordination_pending("in_progress", T0, T0 + timedelta(hours=1))
+    assert domain.coordination_pending("in_progress", T0 + timedelta(days=2), T0 + timedelta(hours=1))  # asked again
+
+
 def test_closed_is_terminal():
     for action, rule in domain.TRANSITIONS.items():
         assert TaskStatus.closed not in rule.sources
@@ -191,11 +253,34 @@ def test_time_used():
     assert domain.time_used(T0, T0 + timedelta(hours=10), T0 - timedelta(hours=1)) == 0.0
 
 
-def test_escalation_goes_to_the_parent_node():
-    assert domain.escalation_target("411502008000") == "411502000000"
-    assert domain.escalation_target("411502008001") == "411502008000"
-    with pytest.raises(TaskRuleViolation):
-        domain.escalation_target("410000000000")
+def test_escalation_goes_to_the_parent_stack_when_there_is_one():
+    assert domain.escalation_target(STREET, DISTRICT) == DISTRICT
+    assert domain.escalation_target(COMMUNITY, STREET) == STREET
+    assert domain.escalation_target(STREET, CITY) == CITY          # the district runs no stack: the city's does
+    for wrong in (STREET, COMMUNITY, "411503000000"):               # itself, below it, another district
+        with pytest.raises(TaskRuleViolation) as err:
+            domain.escalation_target(STREET, wrong)
+        assert err.value.field == "PARENT_STACK"
+
+
+def test_without_a_parent_stack_escalation_stays_in_the_own_office():
+    # Issue 25: the tier above runs no stack and would never answer; the office itself does (督办).
+    assert domain.escalation_target(STREET, None) == STREET
+    assert domain.escalation_target(CITY, None) == CITY
+    assert domain.escalation_target("410000000000", None) == "410000000000"
+    assert not domain.escalated_outside(STREET, STREET) and domain.escalated_outside(DISTRICT, STREET)
+
+
+def test_the_own_office_answers_an_escalation_inside_the_office():
+    inside = (STREET, STREET, COMMUNITY, STREET)
+    for role in ("inspector", "administrator"):
+        assert domain.acting_role(caller((role, STREET)), Action.answer, inspecting_node=STREET, owner_node=STREET,
+                                  responsible_node=COMMUNITY, escalated_to=STREET) == role
+    for grants in ([("rectifier", COMMUNITY)], [("viewer", STREET)], [("inspector", COMMUNITY)]):
+        with pytest.raises(TaskPermissionDenied) as err:
+            domain.acting_role(caller(*grants), Action.answer, inspecting_node=inside[0], owner_node=inside[1],
+                               responsible_node=inside[2], escalated_to=inside[3])
+        assert err.value.field == "role" and "协调答复" in err.value.reason
 
 
 # --- sweeper ---------------------------------------------------------------------------------------

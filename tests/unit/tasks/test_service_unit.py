@@ -135,13 +135,14 @@ def test_lifecycle_entrypoints_and_the_sweeper(service):
     assert service.run_sweep(request, principal=ADMIN).urged == 0
 
 
-def stack(home, tier, child_stacks=()):
+def stack(home, tier, child_stacks=(), parent=None):
     engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
     Base.metadata.create_all(engine)
     return worker_factory(
         TasksService, db=WorkerDatabase(sessionmaker(bind=engine, expire_on_commit=False)),
         outbox=RecordingOutbox(), identity=StackIdentity(home=home, tier=tier, tree=None, child_stacks=child_stacks),
-        clock=FixedClock(NOW), config={"TASKS_ESCALATION_GRACE_HOURS": 48, "TASKS_ANSWER_HOURS": 72})
+        clock=FixedClock(NOW), config={"TASKS_ESCALATION_GRACE_HOURS": 48, "TASKS_ANSWER_HOURS": 72,
+                                       "NODE_CODE": home, "PARENT_STACK": parent or ""})
 
 
 def relay(outbox, exchange, event_type):
@@ -153,7 +154,7 @@ def relay(outbox, exchange, event_type):
 
 def test_an_escalation_goes_up_to_the_parent_stack_and_its_answer_comes_back_down():
     from services.tasks.schemas import AnswerIn
-    street = stack("411502008000", Tier.street)
+    street = stack("411502008000", Tier.street, parent="411502000000")
     district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
     [tid, *_] = street.on_inspection_submitted(sample_event())
     street.clock.at = NOW + timedelta(days=30)
@@ -195,7 +196,7 @@ def staged(svc, event_type):
 def test_a_coordination_request_is_published_locally_once_per_opening():
     from services.contracts.events import Producer, make_event, parse_event
     from services.tasks.schemas import AnswerIn
-    street = stack("411502008000", Tier.street)
+    street = stack("411502008000", Tier.street, parent="411502000000")
     district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
     [tid, *_] = street.on_inspection_submitted(sample_event())
     street.clock.at = NOW + timedelta(days=30)
@@ -234,6 +235,89 @@ def test_a_coordination_request_is_published_locally_once_per_opening():
     assert len(staged(district, "coordination_requested")) == 2
     [reopened] = district.list_coordination(MagicMock(), query=CoordinationQuery(status="open"), principal=DISTRICT_OFFICE)
     assert reopened.task_id == tid
+
+
+# --- issue 25: escalation stops at the top tier that runs a stack, and never locks a task ---
+
+
+def test_the_parent_stack_setting_names_a_tier_above_or_nothing():
+    from services.tasks.operations import Settings
+    assert Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": "411502"}).parent_stack == "411502000000"
+    assert Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": "411500000000"}).parent_stack \
+        == "411500000000"
+    for empty in ({}, {"PARENT_STACK": ""}, {"PARENT_STACK": None}, {"PARENT_STACK": "  "}):
+        assert Settings.from_config({"NODE_CODE": "411502008000", **empty}).parent_stack is None
+    for wrong in ("411502008000", "411502008001", "411503000000"):      # itself, below it, another district
+        with pytest.raises(RuntimeError, match="PARENT_STACK"):
+            Settings.from_config({"NODE_CODE": "411502008000", "PARENT_STACK": wrong})
+
+
+def test_without_a_parent_stack_the_sweeper_escalates_inside_the_office_which_answers():
+    from services.tasks.schemas import AnswerIn
+    street = stack("411502008000", Tier.street)               # no PARENT_STACK: the district runs no stack
+    [tid, *_] = street.on_inspection_submitted(sample_event())
+    street.clock.at = NOW + timedelta(days=30)
+    street.sweep()
+    task = street.get_task(MagicMock(), tid, principal=INSPECTOR)
+    assert (task.status, task.escalated_to, task.coordination_pending) == ("escalated", "411502008000", True)
+    assert [e.to_node for e in street.outbox.of("task_escalated") if e.task.task_id == tid] == ["411502008000"]
+    assert [t for t in street.outbox.tiers if t[2].EVENT_TYPE == "task_escalated"] == []   # nothing goes up
+    from services.contracts.errors import PermissionDenied
+    with pytest.raises(PermissionDenied, match="411502008000"):   # the subject does not answer its own request
+        street.answer_task(MagicMock(), tid, body=AnswerIn(note="x"), principal=FIXER)
+    answered = street.answer_task(MagicMock(), tid, body=AnswerIn(note="已协调环卫所，限三日内清掏",
+                                                                   new_deadline_at=NOW + timedelta(days=33)),
+                                  principal=ADMIN)
+    assert (answered.status, answered.coordination_pending) == ("in_progress", False)
+    assert answered.history[-1].role == "administrator"
+    street.submit_fix(MagicMock(), tid, body=FixIn(note="已清掏", after_photos=[PHOTO]), principal=FIXER)
+    assert street.verify_task(MagicMock(), tid, body=VerifyIn(), principal=INSPECTOR).status == "closed"
+
+
+def test_a_task_closed_before_the_parents_answer_takes_the_answer_without_harm():
+    from services.tasks.schemas import AnswerIn
+    street = stack("411502008000", Tier.street, parent="411502000000")
+    district = stack("411502000000", Tier.district, child_stacks=("411502008000",))
+    [tid, *_] = street.on_inspection_submitted(sample_event())
+    street.clock.at = NOW + timedelta(days=30)
+    street.sweep()
+    [(_, escalated)] = [r for r in relay(street.outbox, "chuangwei.up", "task_escalated")
+                        if r[1]["payload"]["task"]["task_id"] == tid]
+    assert district.on_child_task_escalated(escalated) == tid
+    # The subject works on while the district has not answered: started, fixed, verified, closed.
+    street.start_task(MagicMock(), tid, body=StartIn(), principal=FIXER)
+    assert street.get_task(MagicMock(), tid, principal=INSPECTOR).coordination_pending is True
+    street.submit_fix(MagicMock(), tid, body=FixIn(note="已整改", after_photos=[PHOTO]), principal=FIXER)
+    closed = street.verify_task(MagicMock(), tid, body=VerifyIn(), principal=INSPECTOR)
+    assert (closed.status, closed.coordination_pending) == ("closed", False)
+    # The district answers its (still open) request; the answer reaches a closed task and changes nothing.
+    district.answer_coordination(MagicMock(), tid, body=AnswerIn(note="已协调"), principal=DISTRICT_OFFICE)
+    [(_, answer)] = relay(district.outbox, "chuangwei.down", "coordination_answered")
+    assert street.on_coordination_answered(answer) is None
+    after = street.get_task(MagicMock(), tid, principal=INSPECTOR)
+    assert after.status == "closed" and after.history[-1].action == "verify"
+
+
+def test_the_sweeper_hands_an_escalation_stuck_on_a_tier_without_a_stack_to_the_own_office():
+    from services.tasks.schemas import AnswerIn
+    street = stack("411502008000", Tier.street, parent="411502000000")   # as if escalated before the upgrade
+    [tid, *_] = street.on_inspection_submitted(sample_event())
+    street.clock.at = NOW + timedelta(days=30)
+    street.sweep()
+    assert street.get_task(MagicMock(), tid, principal=INSPECTOR).escalated_to == "411502000000"
+    street.config["PARENT_STACK"] = ""                        # this installation has no parent stack
+    street.clock.at = NOW + timedelta(days=30, minutes=1)
+    before = len(street.outbox.tiers)
+    assert street.sweep()["retargeted"] >= 1
+    task = street.get_task(MagicMock(), tid, principal=INSPECTOR)
+    assert (task.status, task.escalated_to, task.coordination_pending) == ("escalated", "411502008000", True)
+    assert task.history[-1].action == "retarget" and "本级督办" in task.history[-1].reason
+    assert task.answer_due_at == street.clock.at + timedelta(hours=72)
+    assert street.outbox.of("task_escalated")[-1].to_node == "411502008000"
+    assert len(street.outbox.tiers) == before                 # nothing goes up a link
+    assert street.sweep()["retargeted"] == 0                  # idempotent
+    answered = street.answer_task(MagicMock(), tid, body=AnswerIn(note="本级协调"), principal=INSPECTOR)
+    assert answered.status == "in_progress"
 
 
 def test_record_coordination_request_stages_through_the_given_outbox(engine):
