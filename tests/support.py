@@ -345,6 +345,9 @@ def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **
         # Off unless a test turns it on: a heartbeat is an event no figure caused, and tests
         # count the events their inputs publish.
         "SCORING_HEARTBEAT_SECONDS": 0,
+        # Most stacks under test run tasks or inspection without the photos service and cite
+        # made-up photos; the tests of cited evidence turn the check on (production always checks).
+        "EVIDENCE_CHECK": False,
         **auth_config(),
     }
     config.update(extra)
