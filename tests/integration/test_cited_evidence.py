@@ -124,3 +124,23 @@ def test_photo_meta_answers_only_who_may_cite_the_photo(stack):
     stranger = client(stack["photos"], "李强", "inspector", STREET, "liqiang")
     assert stranger.get(f"/photos/{photo['sha256']}/meta").status_code == 404
     assert uploader.get(f"/photos/{NEVER_UPLOADED}/meta").status_code == 404
+
+
+def test_a_draft_may_keep_the_photos_it_already_shows_but_not_take_anothers(stack):
+    admin = support.ApiClient(stack["inspection"])
+    wang = client(stack["inspection"], "王芳", "inspector", STREET, "wangfang")
+    wang_photos = client(stack["photos"], "王芳", "inspector", STREET, "wangfang")
+    zhou, zhou_place = place_of(admin, ZHOUJIASHAN, "周家山社区")
+    shown = upload(stack["photos"], wang_photos, jpeg(size=(72, 48)))
+    other = upload(stack["photos"], wang_photos, jpeg(size=(74, 48)))
+    draft = wang.post("/inspections", dict(body(zhou, zhou_place, shown), submit=False))
+    assert draft.status_code == 201, draft.text
+    draft_id = draft.json()["inspection_id"]
+
+    # A colleague completes the draft: the photo it already shows may stay, another's may not come in.
+    li = client(stack["inspection"], "李强", "inspector", STREET, "liqiang")
+    refused = li.put(f"/inspections/{draft_id}", dict(body(zhou, zhou_place, other), submit=False))
+    assert refused.status_code == 422 and fields(refused) == ["results[0].evidence[0].sha256"], refused.text
+    kept = li.put(f"/inspections/{draft_id}", dict(body(zhou, zhou_place, shown), submit=True))
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["status"] == "submitted"
