@@ -5,6 +5,7 @@ sign-in, never an API token of the proposer's, nor an account or grant the propo
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -117,3 +118,42 @@ def test_an_api_token_acts_as_the_person_who_owns_it(stack):
     refused = li_scoring.post(f"/approvals/{proposal.json()['approval_id']}/approve", {})
     assert refused.status_code == 403 and fields(refused) == ["approval_id"], refused.text
     assert "提议人" in refused.json()["errors"][0]["reason"]
+
+
+def test_accounts_made_before_the_rule_know_who_made_them(database_url):
+    """The migration that adds who made an account or a grant fills it in for the rows that
+    exist, from the labels they kept, so an older sock puppet is no way around the rule."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "services" / "accounts"
+                                                / "migrations"))
+    cfg.attributes["version_table"] = "alembic_version_accounts"
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "7fefa569d70e")
+            for user_id, username, by in (("u1", "puppet", "李强 (li)"), ("u2", "zhao", "create-admin (operator command)")):
+                connection.execute(text(
+                    "insert into accounts_users (id, username, display_name, node, password_hash, disabled, "
+                    "created_at, created_by, updated_at, password_changed_at) values (:id, :username, :username, "
+                    "'411502008000', 'x', false, now(), :by, now(), now())"), {"id": user_id, "username": username,
+                                                                                "by": by})
+                connection.execute(text(
+                    "insert into accounts_grants (user_id, role, node, granted_at, granted_by) values "
+                    "(:id, 'administrator', '411502008000', now(), :by)"), {"id": user_id, "by": by})
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+        with engine.connect() as connection:
+            assert connection.execute(text(
+                "select username, created_by_subject from accounts_users order by id")).all() == [
+                ("puppet", "li"), ("zhao", None)]
+            assert connection.execute(text(
+                "select user_id, granted_by_subject from accounts_grants order by user_id")).all() == [
+                ("u1", "li"), ("u2", None)]
+    finally:
+        engine.dispose()

@@ -4,8 +4,35 @@ Revision ID: ced4c3621447
 Revises: 7fefa569d70e
 Create Date: 2026-12-08 01:43:45.171468
 """
+import re
+
 from alembic import op
 import sqlalchemy as sa
+
+# Who acted, as the label the rows kept: "张伟 (zhangwei)", or the account alone when the name
+# is the account. Anything else (the create-admin command, an API token's label) names no person.
+_LABELLED = re.compile(r"\(([a-z0-9][a-z0-9._@-]{1,63})\)$")
+_BARE = re.compile(r"^[a-z0-9][a-z0-9._@-]{1,63}$")
+
+
+def _subject(label):
+    text = (label or "").strip().lower()
+    found = _LABELLED.search(text)
+    if found:
+        return found.group(1)
+    return text if _BARE.match(text) else None
+
+
+def _backfill(table, label_column, subject_column, key):
+    """Rows made before this revision: the account named in the label, so the two-person rule
+    also knows who made the accounts and grants that already exist."""
+    bind = op.get_bind()
+    rows = bind.execute(sa.text(f"select {key}, {label_column} from {table}")).fetchall()
+    for row_key, label in rows:
+        subject = _subject(label)
+        if subject:
+            bind.execute(sa.text(f"update {table} set {subject_column} = :subject where {key} = :key"),
+                         {"subject": subject, "key": row_key})
 
 
 revision = 'ced4c3621447'
@@ -23,6 +50,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('created_by_subject', sa.String(length=200), nullable=True))
 
     # ### end Alembic commands ###
+    _backfill("accounts_users", "created_by", "created_by_subject", "id")
+    _backfill("accounts_grants", "granted_by", "granted_by_subject", "id")
 
 
 def downgrade() -> None:
