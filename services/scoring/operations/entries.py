@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.contracts.errors import PermissionDenied, RuleViolation, StateConflict, UnknownReference
+from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
 from services.contracts.identity import ADMINISTRATOR, OFFICE_ROLES, require_second_approver
 from services.contracts.nodes import tier_of
 from services.contracts.periods import Period, PeriodKind
