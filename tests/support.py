@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -190,15 +191,26 @@ def auth_config() -> dict:
     return {"AUTH_JWKS": issuer_key().jwks(), "AUTH_ISSUER": "chuangwei", "AUTH_AUDIENCE": "chuangwei"}
 
 
+# When the test users' accounts and grants were made, by the operator command (`prov`).
+TEST_ACCOUNTS_MADE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
 def token(name: str = "测试管理员", grants=None, *, subject: str | None = None, ttl: int = 600,
-          kind: str = "user") -> str:
+          kind: str = "user", **claims_extra) -> str:
     """An access token for `grants` [(role, node), ...]; by default every role on the whole
-    province, which is what tests that are not about permissions act as."""
-    from services.plumbing.auth import ROLES, access_claims
+    province, which is what tests that are not about permissions act as. A person's token
+    says it came from a password sign-in (`amr`) of an account the operator made at
+    TEST_ACCOUNTS_MADE (`prov`), as accounts' do; `claims_extra` overrides or adds claims."""
+    from services.plumbing.auth import ROLES, GrantOrigin, access_claims, provenance_claim
     if grants is None:
         grants = [(role, TEST_PROVINCE) for role in ROLES]
     claims = access_claims(subject or f"user-{name}", name, [{"role": r, "node": n} for r, n in grants],
                            ttl=ttl, kind=kind)
+    if kind == "user":
+        claims["amr"] = ["pwd"]
+        claims["prov"] = provenance_claim(TEST_ACCOUNTS_MADE, None, [GrantOrigin(r, n, TEST_ACCOUNTS_MADE, None)
+                                                                     for r, n in grants])
+    claims.update(claims_extra)
     return issuer_key().sign(claims)
 
 
@@ -342,6 +354,9 @@ def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **
         # Off unless a test turns it on: a heartbeat is an event no figure caused, and tests
         # count the events their inputs publish.
         "SCORING_HEARTBEAT_SECONDS": 0,
+        # Most stacks under test run tasks or inspection without the photos service and cite
+        # made-up photos; the tests of cited evidence turn the check on (production always checks).
+        "EVIDENCE_CHECK": False,
         **auth_config(),
     }
     config.update(extra)

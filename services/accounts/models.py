@@ -26,6 +26,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_by: Mapped[str] = mapped_column(String(200))
+    # The account name of the person who created it (None: the create-admin command): what the
+    # two-person rule checks (an administrator's own creations cannot second its proposals).
+    created_by_subject: Mapped[str | None] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     password_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -46,6 +49,8 @@ class UserGrant(Base):
     node: Mapped[str] = mapped_column(String(12), index=True)
     granted_at: Mapped[datetime] = mapped_column(UtcDateTime())
     granted_by: Mapped[str] = mapped_column(String(200))
+    # The account name of the person who granted it (None: the create-admin command).
+    granted_by_subject: Mapped[str | None] = mapped_column(String(200))
 
     user: Mapped[User] = relationship(back_populates="grants")
 

@@ -31,7 +31,8 @@ from services.accounts.schemas import (AccessTokenOut, ApiTokenCreate, ApiTokenC
                                        UserOut, UserQuery, GrantIn)
 from services.contracts.errors import PermissionDenied, RuleViolation, StateConflict, UnknownReference
 from services.contracts.nodes import InvalidNodeCode, normalize_code
-from services.plumbing.auth import ADMINISTRATOR, Grant, Principal, SigningKey, access_claims
+from services.plumbing.auth import (ADMINISTRATOR, API_TOKEN_METHOD, Grant, GrantOrigin, Principal, SigningKey,
+                                    access_claims, provenance_claim)
 from services.plumbing.sql import advisory_xact_lock
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,13 @@ def issue_access_token(session: Session, keys: KeyRing, settings: Settings, now:
 
 
 def _user_access(session: Session, keys: KeyRing, settings: Settings, user: User, now: datetime) -> AccessTokenOut:
+    """A person's access token (a password sign-in, or a refresh of that session): says so
+    (`amr`) and where the account and its grants came from (`prov`, for the two-person rule)."""
+    origins = [GrantOrigin(g.role, g.node, g.granted_at, g.granted_by_subject) for g in user.grants]
     return issue_access_token(session, keys, settings, now, subject=user.username, name=user.display_name,
-                              grants=_grants_of(user), kind="user")
+                              grants=_grants_of(user), kind="user",
+                              extra={"amr": ["pwd"],
+                                     "prov": provenance_claim(user.created_at, user.created_by_subject, origins)})
 
 
 # --- signing in ---
@@ -375,7 +381,9 @@ def exchange_api_token(session: Session, secret: str, settings: Settings, keys: 
         return Refused("API 令牌的权限已被收回; the token's owner no longer holds any of its grants", "token")
     row.last_used_at = now
     access = issue_access_token(session, keys, settings, now, subject=f"token:{row.id}", name=row.name,
-                                grants=grants, kind="machine", extra={"owner": owner.username})
+                                grants=grants, kind="machine",
+                                extra={"owner": owner.username, "owner_name": owner.display_name,
+                                       "amr": [API_TOKEN_METHOD]})
     return SignedIn(access, set_cookies=False)
 
 
@@ -455,7 +463,8 @@ def _check_may_grant(principal: Principal, grants: list[Grant], field: str = "gr
 
 
 def new_user(session: Session, *, username: str, display_name: str, node: str, password: str,
-             grants: list[Grant], actor: str, settings: Settings, passwords: Passwords, now: datetime) -> User:
+             grants: list[Grant], actor: str, settings: Settings, passwords: Passwords, now: datetime,
+             actor_subject: str | None = None) -> User:
     """Create a user (the checks of who may are the caller's). Also used by the create-admin command."""
     username = domain.check_username(username)
     display_name = display_name.strip()
@@ -466,8 +475,9 @@ def new_user(session: Session, *, username: str, display_name: str, node: str, p
         raise StateConflict("username", f"用户名 {username} 已存在; the username {username!r} is taken")
     user = User(id=str(uuid.uuid4()), username=username, display_name=display_name, node=normalize_code(node),
                 password_hash=passwords.hash(password), disabled=False, created_at=now, created_by=actor,
-                updated_at=now, password_changed_at=now)
-    user.grants = [UserGrant(role=g.role, node=g.node, granted_at=now, granted_by=actor)
+                created_by_subject=actor_subject, updated_at=now, password_changed_at=now)
+    user.grants = [UserGrant(role=g.role, node=g.node, granted_at=now, granted_by=actor,
+                             granted_by_subject=actor_subject)
                    for g in domain.distinct_grants(grants)]
     session.add(user)
     try:
@@ -484,7 +494,7 @@ def create_user(session: Session, principal: Principal, body: UserCreate, settin
     _check_may_grant(principal, grants)
     user = new_user(session, username=body.username, display_name=body.display_name, node=body.node,
                     password=body.password, grants=grants, actor=principal.label, settings=settings,
-                    passwords=passwords, now=now)
+                    passwords=passwords, now=now, actor_subject=principal.person)
     return user_out(user)
 
 
@@ -558,7 +568,8 @@ def add_grant(session: Session, principal: Principal, username: str, body: Grant
     if any(g.role == body.role and g.node == body.node for g in user.grants):
         raise StateConflict("node", f"{user.username} 已在 {body.node} 具有角色 {body.role}; "
                                     f"{user.username} already holds {body.role} on {body.node}")
-    user.grants.append(UserGrant(role=body.role, node=body.node, granted_at=now, granted_by=principal.label))
+    user.grants.append(UserGrant(role=body.role, node=body.node, granted_at=now, granted_by=principal.label,
+                                 granted_by_subject=principal.person))
     user.updated_at = now
     session.flush()
     return user_out(user)

@@ -16,6 +16,7 @@ access token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable
 
 from services.contracts.errors import PermissionDenied
@@ -45,6 +46,30 @@ class Grant:
         return is_within(node, self.node)
 
 
+# How an access token was obtained (its `amr` claim, RFC 8176 values where they exist): a
+# person's interactive sign-in ("pwd", "otp", "mfa", ...) or the exchange of an API token
+# (API_TOKEN_METHOD, set by accounts at /auth/token). A token without `amr` is not interactive.
+API_TOKEN_METHOD = "api_token"
+
+
+@dataclass(frozen=True)
+class GrantOrigin:
+    """When and by whom (a person's account name) a grant was made."""
+    role: str
+    node: str
+    granted_at: datetime | None
+    granted_by: str | None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the caller's account and grants came from (the token's `prov` claim, set by
+    accounts for a person's sign-in): what the two-person rule asks of a second approver."""
+    account_created_at: datetime | None
+    account_created_by: str | None
+    grants: tuple[GrantOrigin, ...] = ()
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller. The actor and role recorded anywhere come from here."""
@@ -53,6 +78,25 @@ class Principal:
     grants: tuple[Grant, ...]
     kind: str = "user"
     token_id: str | None = None
+    # How the token was obtained (`amr`); see API_TOKEN_METHOD.
+    methods: tuple[str, ...] = ()
+    # An API token's owner: the person's account name and display name.
+    owner: str | None = None
+    owner_name: str | None = None
+    provenance: Provenance | None = None
+
+    @property
+    def interactive(self) -> bool:
+        """A person who signed in themselves (a password or another interactive method), not
+        a machine holding an API token."""
+        return self.kind == "user" and bool(self.methods) and API_TOKEN_METHOD not in self.methods
+
+    @property
+    def person(self) -> str:
+        """The person who answers for the call: the account, or the owner of the API token."""
+        if self.kind != "user" and self.owner:
+            return self.owner
+        return self.subject
 
     def holds(self, role: str, node: str) -> bool:
         """Whether this caller holds `role` on `node` (a grant on it or on an ancestor)."""
@@ -101,5 +145,34 @@ class Principal:
 
     @property
     def label(self) -> str:
-        """Who, for records: the person's name and account."""
+        """Who, for records: the person's name and account; for an API token, the person who
+        owns it and the token ("张伟 (admin; API 令牌「大屏展示」token:…)")."""
+        if self.kind != "user" and self.owner:
+            return f"{self.owner_name or self.owner} ({self.owner}; API 令牌「{self.name}」{self.subject})"
         return self.name if self.name == self.subject else f"{self.name} ({self.subject})"
+
+
+def require_second_approver(principal: Principal, node: str, proposer: str, proposed_at: datetime,
+                            field: str = "approval_id") -> None:
+    """The two-person rule: a proposal is approved only by another person, signed in
+    interactively (never through an API token), who administers `node` with an account and an
+    administrator grant that both predate the proposal and were not made by the proposer —
+    so neither a token of the proposer's own nor an account the proposer set up can approve."""
+    if not principal.interactive:
+        raise PermissionDenied(field, "批准须由管理员本人登录后操作，API 令牌不能批准; an approval needs an "
+                                      "administrator's own interactive sign-in, never an API token")
+    if principal.person == proposer:
+        raise PermissionDenied(field, "提议人不能批准自己的提议，须由另一名管理员批准; the proposer "
+                                      "cannot approve its own proposal: another administrator must")
+    prov = principal.provenance
+    if prov is None or prov.account_created_at is None:
+        raise PermissionDenied(field, "令牌未说明账号来源，无法确认批准人独立于提议人; the token does not say "
+                                      "where the account came from, so the approver's independence is unknown")
+    if prov.account_created_by == proposer or prov.account_created_at >= proposed_at:
+        raise PermissionDenied(field, "批准人的账号由提议人创建或创建于提议之后，不能批准; the approver's account "
+                                      "was created by the proposer or after the proposal")
+    if not any(g.role == ADMINISTRATOR and is_within(node, g.node) and g.granted_at is not None
+               and g.granted_at < proposed_at and g.granted_by != proposer for g in prov.grants):
+        raise PermissionDenied(field, f"批准人在 {node} 的管理员角色须在提议之前由提议人以外的人授予; the approver's "
+                                      f"administrator grant on {node} must predate the proposal and not come "
+                                      f"from the proposer")

@@ -25,6 +25,7 @@ from services.plumbing.auth import signed_in
 from services.plumbing.clock import Clock
 from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.db import Database
+from services.plumbing.evidence import PhotoEvidence, cited
 from services.plumbing.http import Unprocessable, api
 from services.plumbing import operator_endpoints
 from services.plumbing.outbox import Outbox
@@ -42,6 +43,14 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
     identity = Identity()
     catalogue = CatalogueProvider()
     clock = Clock()
+    # The photos findings cite: the inspector's own uploads, or already on this inspection.
+    cited_photos = PhotoEvidence()
+
+    def _check_evidence(self, request, body: InspectionIn,
+                        inspection_id: str | None = None) -> None:
+        self.cited_photos.require(request, [
+            pair for i, result in enumerate(body.results)
+            for pair in cited(f"results[{i}].evidence", result.evidence)], inspection_id=inspection_id)
 
     @staticmethod
     def _count_submitted(inspection: InspectionOut) -> InspectionOut:
@@ -202,6 +211,7 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
         header_key = request.headers.get("Idempotency-Key")
         if body.idempotency_key is None and header_key:
             body = self._with_header_key(body, header_key)
+        self._check_evidence(request, body)
         with self.db.transaction() as session:
             result, created = ops.record_inspection(session, body, self.catalogue, self._jurisdiction(),
                                                     self.outbox, self._scale, principal)
@@ -217,6 +227,9 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
                      "nothing is recorded. 201 if any was recorded now, 200 if every idempotency key was "
                      "already used (a retried sync).")
     def record_inspections(self, request, body: InspectionBatchIn, principal: Principal):
+        self.cited_photos.require(request, [
+            pair for k, inspection in enumerate(body.inspections) for i, result in enumerate(inspection.results)
+            for pair in cited(f"inspections[{k}].results[{i}].evidence", result.evidence)])
         with self.db.transaction() as session:
             results = ops.record_inspections(session, body.inspections, self.catalogue, self._jurisdiction(),
                                              self.outbox, self._scale, principal)
@@ -241,6 +254,7 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
     @api("PUT", "/inspections/<inspection_id>", body=InspectionIn, response=InspectionOut,
          access=signed_in(INSPECTOR), summary="修改草稿 Replace a draft inspection (submit=true submits it)")
     def update_draft(self, request, inspection_id, body: InspectionIn, principal: Principal):
+        self._check_evidence(request, body, inspection_id=inspection_id)
         with self.db.transaction() as session:
             result = ops.update_draft(session, inspection_id, body, self.catalogue, self._jurisdiction(),
                                       self.outbox, self._scale, principal)

@@ -170,18 +170,55 @@ def _facts(case: Case) -> domain.CaseFacts:
                             gps=(case.lat, case.lng) if case.lat is not None else None, status=case.status)
 
 
+# A resident's anonymous report (source citizen_report) and an official case (a 数字城管 or
+# 12345 platform's, an inspector's) are of different standing: one never absorbs the other.
+RESIDENT_SOURCE = "citizen_report"
+
+
+def _official(case: Case) -> bool:
+    return case.source != RESIDENT_SOURCE
+
+
 def _first_duplicate(session: Session, case: Case, settings: Settings) -> Case | None:
+    """The earlier case `case` repeats and is merged into: only a case the office has taken
+    on (routed or later — never a report still awaiting acceptance, 待受理) and of the same
+    standing (official with official, resident with resident). So an unaccepted anonymous
+    report never swallows a platform's or an inspector's case."""
     earliest = case.reported_at - settings.duplicate_window
     conditions = [Case.node == case.node]
     if case.place_id:
         conditions.append(Case.place_id == case.place_id)
+    standing = Case.source != RESIDENT_SOURCE if _official(case) else Case.source == RESIDENT_SOURCE
     rows = session.execute(select(Case).where(
         Case.service_code == case.service_code, Case.reported_at >= earliest, Case.reported_at <= case.reported_at,
-        Case.status.notin_([CaseStatus.merged.value, CaseStatus.rejected.value]), Case.id != case.id,
+        Case.status.notin_([CaseStatus.merged.value, CaseStatus.rejected.value, CaseStatus.submitted.value]),
+        Case.merged_into.is_(None), standing, Case.id != case.id,
         or_(*conditions)).order_by(Case.reported_at, Case.id)).scalars().all()
     first = domain.first_of_duplicates(_facts(case), [_facts(r) for r in rows], settings.duplicate_window,
                                        settings.duplicate_radius_m)
     return next((r for r in rows if first is not None and r.id == first.case_id), None)
+
+
+def _unmerge(session: Session, absorber: Case, catalogue: Catalogue, outbox: OutboxLike, home: str, now: datetime,
+             keep=lambda case: False) -> list[Case]:
+    """Undo the merges into `absorber` that do not hold (all of them when it is refused, those
+    of another standing when it is accepted; merges made before these rules): an official case
+    is routed now (its time limit runs from now: its subject was never told), a resident's
+    report waits for acceptance again."""
+    released = []
+    for case in session.execute(select(Case).where(Case.merged_into == absorber.id).order_by(
+            Case.reported_at, Case.id).with_for_update()).scalars().all():
+        if case.status != CaseStatus.merged.value or keep(case):
+            continue
+        case.merged_into, case.updated_at = None, now
+        absorber.duplicates = max((absorber.duplicates or 0) - 1, 0)
+        if _official(case):
+            route(session, case, catalogue.get(case.service_code, "case_id"), outbox, home, now, "case_id",
+                  clock_starts=now)
+        else:
+            case.status = CaseStatus.submitted.value
+        released.append(case)
+    return released
 
 
 def route(session: Session, case: Case, category: Category, outbox: OutboxLike, home: str, now: datetime,
@@ -229,7 +266,8 @@ def submit(session: Session, body: ServiceRequestIn, channel: Channel, catalogue
            now: datetime) -> list[RequestCreatedOut]:
     """A platform's case is routed at once; a resident's report waits for the office to accept
     it; a report of a problem already reported (same category and place, within the window)
-    is merged into the first case and routed nowhere."""
+    is merged into the first case and routed nowhere — only into a case the office has taken on
+    and of the same standing (`_first_duplicate`)."""
     category = catalogue.get(body.service_code)
     digest = domain.content_digest(category.code, body.description)
     if channel.public:
@@ -291,17 +329,22 @@ def accept(session: Session, case_id: str, principal, catalogue: Catalogue, outb
     # The time limit runs from acceptance: the subject could not act on it before.
     route(session, case, catalogue.get(case.service_code, "case_id"), outbox, home, now, "case_id",
           clock_starts=now)
+    # Official cases merged into it (before these rules) go their own way: not of its standing.
+    _unmerge(session, case, catalogue, outbox, home, now, keep=lambda merged: not _official(merged))
     session.flush()
     return request_out(session, case)
 
 
-def reject(session: Session, case_id: str, principal, reason: str, now: datetime) -> ServiceRequestOut:
+def reject(session: Session, case_id: str, principal, reason: str, now: datetime, catalogue: Catalogue,
+           outbox: OutboxLike, home: str) -> ServiceRequestOut:
     case = _case(session, case_id, lock=True)
     principal.require((INSPECTOR, ADMINISTRATOR), case.node, "case_id")
     if case.status != CaseStatus.submitted.value:
         raise StateConflict("case_id", f"案件状态为 {case.status}，不能退回; only a report awaiting acceptance "
                                        f"can be refused, this one is {case.status}")
     case.status, case.status_reason, case.closed_at, case.updated_at = CaseStatus.rejected.value, reason, now, now
+    # What was merged into a refused report is not refused with it.
+    _unmerge(session, case, catalogue, outbox, home, now)
     session.flush()
     return request_out(session, case)
 

@@ -141,7 +141,8 @@ class IntakeService(operator_endpoints.OperatorEndpoints):
          summary="不予受理 Refuse a resident's report with a reason (inspector or administrator)")
     def reject_case(self, request, case_id, body: RejectIn, principal):
         with self.db.transaction() as session:
-            return ops.reject(session, case_id, principal, body.reason, self.clock.now())
+            return ops.reject(session, case_id, principal, body.reason, self.clock.now(), self.rules.catalogue,
+                              self.outbox, self.identity.home)
 
     # --- what intake learns and follows ---
 

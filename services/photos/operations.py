@@ -64,8 +64,8 @@ def _may_see(meta: dict, query: PhotoQuery, principal: Principal, token: str | N
     return False
 
 
-def read_photo(store: PhotoStore, upstreams: Upstreams, sha256: str, query: PhotoQuery, principal: Principal,
-               token: str | None, thumbnail: bool = False) -> tuple[bytes, str, PhotoOut]:
+def _visible_meta(store: PhotoStore, upstreams: Upstreams, sha256: str, query: PhotoQuery, principal: Principal,
+                  token: str | None) -> tuple[dict, UnknownReference]:
     domain.check_name(sha256, "photo_id")
     meta = store.get_json(sha256 + ".json")
     # Missing and not yours to see answer alike: a photo's existence is itself evidence.
@@ -75,6 +75,20 @@ def read_photo(store: PhotoStore, upstreams: Upstreams, sha256: str, query: Phot
         raise hidden
     if not _may_see(meta, query, principal, token, upstreams):
         raise hidden
+    return meta, hidden
+
+
+def photo_meta(store: PhotoStore, upstreams: Upstreams, sha256: str, query: PhotoQuery, principal: Principal,
+               token: str | None) -> PhotoOut:
+    """What a photo is, only to who may cite it: its uploader, or one who sees the inspection or
+    task already showing it (the services taking evidence ask this with the caller's token)."""
+    meta, _ = _visible_meta(store, upstreams, sha256, query, principal, token)
+    return photo_out(meta)
+
+
+def read_photo(store: PhotoStore, upstreams: Upstreams, sha256: str, query: PhotoQuery, principal: Principal,
+               token: str | None, thumbnail: bool = False) -> tuple[bytes, str, PhotoOut]:
+    meta, hidden = _visible_meta(store, upstreams, sha256, query, principal, token)
     if thumbnail:
         data, content_type = store.get(sha256 + THUMBNAIL_SUFFIX), "image/jpeg"
     else:

@@ -101,6 +101,13 @@ class PhotosService(operator_endpoints.OperatorEndpoints):
     def get_photo(self, request, photo_id, query: PhotoQuery, principal):
         return self._serve(request, photo_id, query, principal, thumbnail=False)
 
+    @api("GET", "/photos/<photo_id>/meta", query=PhotoQuery, response=PhotoOut, access=signed_in(),
+         summary="照片信息 A photo's facts, to its uploader or to whoever sees the inspection or task showing it "
+                 "(what tasks and inspection ask before a photo is cited as evidence)")
+    def get_photo_meta(self, request, photo_id, query: PhotoQuery, principal):
+        return ops.photo_meta(self.photos.store, self.photos.upstreams, photo_id, query, principal,
+                              Authenticator.token_of(request))
+
     @api("GET", "/photos/<photo_id>/thumbnail", query=PhotoQuery, raw=True, access=signed_in(),
          content_type="image/jpeg", summary="照片缩略图 A photo's thumbnail (JPEG), on the same terms as the photo")
     def get_thumbnail(self, request, photo_id, query: PhotoQuery, principal):

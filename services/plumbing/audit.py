@@ -209,7 +209,9 @@ class Actor:
     def of(cls, principal) -> "Actor":
         if principal is None:
             return cls()
-        return cls(principal.subject, principal.name, principal.kind,
+        # An API token's call names the person who owns it, not only the token.
+        name = principal.label if principal.kind != "user" and getattr(principal, "owner", None) else principal.name
+        return cls(principal.subject, name, principal.kind,
                    [{"role": g.role, "node": g.node} for g in principal.grants])
 
 
@@ -239,17 +241,21 @@ _UNSET = object()
 
 
 def describe(session, *, node: str | None = None, target: str | None = None, before: Any = _UNSET,
-             after: Any = _UNSET) -> None:
+             after: Any = _UNSET, also: dict | None = None) -> None:
     """What this transaction changed, in the service's words, for its audit entry: the node it
     acted on (else the stack's home node), the record (e.g. "veto:VT-1"), and before/after
     (else the rows the ORM flushed). A no-op outside an audited request (consumers, timers).
 
     The node decides which administrators may read the entry (those whose grant covers it),
     body and rows included: for what the subject side may not see yet (an unannounced
-    inspection before its release), name the inspecting node, not the subject's."""
+    inspection before its release), name the inspecting node, not the subject's. `also` adds
+    facts the rows do not show to the after-image, beside the flushed rows (the proposer of an
+    approved change, next to its approver)."""
     context: AuditContext | None = session.info.get(CONTEXT_KEY)
     if context is None:
         return
+    if also:
+        context.description.setdefault("also", {}).update(also)
     if node is not None:
         context.description["node"] = node
     if target is not None:
@@ -338,6 +344,10 @@ def append_for(session, context: AuditContext, at: datetime | None = None) -> di
     """Append the entry for what this transaction of `context`'s request did."""
     described = context.description
     auto_before, auto_after = _changes(context.rows)
+    after = described.get("after", auto_after)
+    if described.get("also"):
+        after = {**(after if isinstance(after, dict) else {} if after is None else {"after": after}),
+                 **described["also"]}
     entry = append(
         session,
         service=context.service, at=at,
@@ -345,7 +355,7 @@ def append_for(session, context: AuditContext, at: datetime | None = None) -> di
         roles=context.actor.grants, node=described.get("node") or context.home,
         target=described.get("target"), action=context.action, path=context.path,
         request_id=context.request_id, request=context.request,
-        before=described.get("before", auto_before), after=described.get("after", auto_after))
+        before=described.get("before", auto_before), after=after)
     context.entries += 1
     context.rows = {}
     context.description = {}

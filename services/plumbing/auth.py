@@ -23,7 +23,12 @@ Config:
     AUTH_GRANTS_CLAIM the claim that holds the grants (default "grants")
     AUTH_LEEWAY       clock skew tolerated, seconds (default 30)
 
-Tokens carry: sub, name, grants [{"role", "node"}], kind ("user" | "machine"), jti, iat, exp.
+Tokens carry: sub, name, grants [{"role", "node"}], kind ("user" | "machine"), jti, iat, exp;
+and, from accounts: amr (how the token was obtained: ["pwd"] for a person's sign-in at
+/auth/login and its refreshes, ["api_token"] for an API token exchanged at /auth/token),
+owner and owner_name (an API token's person), prov (a person's account and grants: when and by
+whom they were made — {"created_at": epoch, "created_by": username, "grants": [{"role",
+"node", "at", "by"}]}), which the two-person rule asks of a second approver.
 """
 from __future__ import annotations
 
@@ -38,8 +43,11 @@ import jwt
 import requests
 from nameko.extensions import SharedExtension
 
-from services.contracts.identity import (ADMINISTRATOR, ALL_ROLES, INSPECTOR, PLATFORM, RECTIFIER,  # noqa: F401
-                                         ROLE_NAMES, ROLES, VIEWER, Grant, Principal)
+from datetime import datetime, timezone
+
+from services.contracts.identity import (ADMINISTRATOR, ALL_ROLES, API_TOKEN_METHOD, INSPECTOR,  # noqa: F401
+                                         PLATFORM, RECTIFIER, ROLE_NAMES, ROLES, VIEWER, Grant, GrantOrigin,
+                                         Principal, Provenance)
 from services.contracts.nodes import normalize_code
 
 log = logging.getLogger(__name__)
@@ -72,8 +80,48 @@ def principal_from_claims(claims: dict, grants_claim: str = "grants") -> Princip
     if not isinstance(subject, str) or not subject:
         raise Unauthenticated("token has no subject")
     name = claims.get("name") if isinstance(claims.get("name"), str) else subject
+    amr = claims.get("amr")
+    methods = tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else ()
     return Principal(subject=subject, name=name, grants=tuple(grants),
-                     kind=str(claims.get("kind") or "user"), token_id=claims.get("jti"))
+                     kind=str(claims.get("kind") or "user"), token_id=claims.get("jti"), methods=methods,
+                     owner=_text(claims.get("owner")), owner_name=_text(claims.get("owner_name")),
+                     provenance=provenance_from_claim(claims.get("prov")))
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _instant(value) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def provenance_from_claim(raw) -> Provenance | None:
+    """The `prov` claim, or None when it is missing or malformed (then nothing is vouched for)."""
+    if not isinstance(raw, dict):
+        return None
+    origins = []
+    for entry in raw.get("grants") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str):
+            continue
+        try:
+            node = normalize_code(str(entry.get("node")))
+        except ValueError:
+            continue
+        origins.append(GrantOrigin(entry["role"], node, _instant(entry.get("at")), _text(entry.get("by"))))
+    return Provenance(_instant(raw.get("created_at")), _text(raw.get("created_by")), tuple(origins))
+
+
+def provenance_claim(created_at: datetime, created_by: str | None, grants: Iterable) -> dict:
+    """The `prov` claim for a person's account (accounts issues it; tests sign it)."""
+    return {"created_at": created_at.timestamp(), "created_by": created_by,
+            "grants": [{"role": g.role, "node": g.node, "at": g.granted_at.timestamp(), "by": g.granted_by}
+                       for g in grants]}
 
 
 # --- declaring what an endpoint needs ---

@@ -44,6 +44,7 @@ from services.plumbing.clock import Clock
 from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.auth import ADMINISTRATOR, INSPECTOR, RECTIFIER, signed_in
 from services.plumbing.db import Database
+from services.plumbing.evidence import PhotoEvidence, cited
 from services.plumbing.http import api
 from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
@@ -69,6 +70,8 @@ class TasksService(operator_endpoints.OperatorEndpoints):
     outbox = Outbox(outbox_table)
     identity = Identity()
     clock = Clock()
+    # The photos an action cites: the caller's own uploads or already on the task (photos decides).
+    cited_photos = PhotoEvidence()
 
     @property
     def _settings(self) -> ops.Settings:
@@ -242,16 +245,19 @@ class TasksService(operator_endpoints.OperatorEndpoints):
     @api("POST", "/tasks/<task_id>/fix", body=FixIn, response=TaskOut, access=signed_in(RECTIFIER),
          summary="提交整改 Submit the fix with after-photos and a note (the responsible subject's rectifier)")
     def submit_fix(self, request, task_id, body: FixIn, principal):
+        self.cited_photos.require(request, cited("after_photos", body.after_photos), task_id=task_id)
         return self._act(task_id, Action.submit_fix, principal, note=body.note, evidence=body.after_photos)
 
     @api("POST", "/tasks/<task_id>/verify", body=VerifyIn, response=TaskOut, access=signed_in(INSPECTOR),
          summary="核实销号 Verify the fix on site and close the task (inspecting side, not the fixer)")
     def verify_task(self, request, task_id, body: VerifyIn, principal):
+        self.cited_photos.require(request, cited("evidence", body.evidence), task_id=task_id)
         return self._act(task_id, Action.verify, principal, note=body.note, evidence=body.evidence)
 
     @api("POST", "/tasks/<task_id>/reject", body=RejectIn, response=TaskOut, access=signed_in(INSPECTOR),
          summary="退回重改 Reject the fix: back to in progress (inspecting side, not the fixer)")
     def reject_task(self, request, task_id, body: RejectIn, principal):
+        self.cited_photos.require(request, cited("evidence", body.evidence), task_id=task_id)
         return self._act(task_id, Action.reject, principal, note=body.reason, evidence=body.evidence)
 
     @api("POST", "/tasks/<task_id>/escalate", body=EscalateIn, response=TaskOut, access=signed_in(RECTIFIER),

@@ -303,6 +303,20 @@ def call(method: str, url: str, body: dict | None = None, ok=(200, 201), timeout
     return response.json()
 
 
+def upload_photo(url: str, rng, person: tuple[str, str, str]) -> dict:
+    """A small JPEG of its own colour, uploaded as `person`: {"uri", "sha256"} to cite."""
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), tuple(rng.randrange(256) for _ in range(3))).save(buffer, "JPEG")
+    headers = {**DemoIdentity.headers(person), "Content-Type": "image/jpeg"}
+    response = requests.post(url, data=buffer.getvalue(), headers=headers, timeout=30)
+    if response.status_code not in (200, 201):
+        raise DemoError(f"POST {url}: {response.status_code} {response.text[:500]}")
+    return {"uri": response.json()["uri"], "sha256": response.json()["sha256"]}
+
+
 # --- stacks -------------------------------------------------------------------------------
 
 
@@ -499,10 +513,10 @@ def close_out(stacks: list[Stack], rng: random.Random, found_before: datetime, s
             try:
                 if task["status"] == "open":
                     call("POST", base + "/start", {"note": "已安排整改"}, person=contact)
+                # A cited photo must be the contact's own upload (tasks asks photos).
+                photo = upload_photo(stack.url("photos", "/photos"), rng, person=contact)
                 call("POST", base + "/fix", {"note": f"已整改：{task['note'] or task['item_text']}",
-                                             "after_photos": [{"uri": f"photos/after/{task['task_id']}.jpg",
-                                                               "sha256": f"{rng.getrandbits(256):064x}"}]},
-                     person=contact)
+                                             "after_photos": [photo]}, person=contact)
                 call("POST", base + "/verify", {"note": "现场复查合格，予以销号"}, person=verifier)
                 closed += 1
             except DemoError as exc:

@@ -4,9 +4,11 @@ with the category's time limit, duplicates are merged, the reporter follows the 
 residents' anonymous reports are bounded and wait for the office."""
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from services.inspection.service import InspectionService
 from services.intake.service import IntakeService
@@ -218,3 +220,53 @@ def test_a_residents_report_is_bounded_waits_for_the_office_and_is_followed_by_i
     refused = inspector.post(f"/cases/{second.json()[0]['service_request_id']}/reject", {"reason": "已由环卫处理"})
     assert refused.status_code == 200, refused.text
     assert (refused.json()["status"], refused.json()["status_notes"]) == ("closed", "不予受理：已由环卫处理")
+
+
+def test_an_unaccepted_anonymous_report_never_swallows_a_platforms_case(stack):
+    """Issue 27, finding 2: a resident's report waiting for acceptance does not absorb a
+    platform's case of the same problem; the platform's case is routed at once, and refusing
+    the resident's report leaves it untouched. A merge made before this rule is undone when
+    the report it went into is refused."""
+    public = support.ApiClient(stack["intake"], token=None)
+    form = {"service_code": "0101", "description": "周家山路12号有暴露垃圾",
+            "address_string": "浉河区金牛山街道周家山社区周家山路12号"}
+    junk = post_form(public, form, "/open311/v2/public/requests.json")
+    assert junk.status_code == 201, junk.text
+    junk_id = junk.json()[0]["service_request_id"]
+
+    client = platform(stack["intake"])
+    official = post_form(client, {**form, "description": "数字城管：周家山路12号垃圾堆积"})
+    assert official.status_code == 201, official.text
+    [receipt] = official.json()
+    official_id = receipt["service_request_id"]
+    assert receipt["service_notice"].startswith("已受理，派遣至周家山社区"), receipt
+    task_of(stack, official_id)
+    assert case_of(client, official_id)["merged_into"] is None
+
+    # A merge as the old rule made it: another platform case swallowed by the waiting report.
+    swallowed_id = str(uuid.uuid4())
+    engine = create_engine(stack["database_url"])
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("""
+                insert into intake_cases (id, source, channel, submitted_by, service_code, service_name, group_code,
+                    group_name, severity, description, content_digest, address, node, reported_at, status,
+                    merged_into, duplicates, updated_at)
+                select :new_id, 'digital_city', '信阳市数字城管平台', 'user-信阳市数字城管平台', service_code,
+                    service_name, group_code, group_name, severity, '数字城管：旧规则下被合并', content_digest,
+                    address, node, reported_at, 'merged', id, 0, updated_at from intake_cases where id = :junk"""),
+                         {"new_id": swallowed_id, "junk": junk_id})
+    finally:
+        engine.dispose()
+    assert case_of(client, swallowed_id)["status_notes"].startswith(f"与案件 {junk_id} 为同一问题")
+
+    office = support.ApiClient(stack["intake"]).as_user("王芳", [("inspector", STREET)])
+    refused = office.post(f"/cases/{junk_id}/reject", {"reason": "重复举报，已由数字城管受理"})
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["case_status"] == "rejected"
+    kept = case_of(client, official_id)
+    assert kept["case_status"] != "rejected" and kept["status"] == "open", kept
+    released = case_of(client, swallowed_id)
+    assert (released["case_status"], released["merged_into"]) == ("routed", None), released
+    assert released["status_notes"] != "不予受理：重复举报，已由数字城管受理"
+    assert task_of(stack, swallowed_id)["status"] == "open"

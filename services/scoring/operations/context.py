@@ -43,6 +43,9 @@ class PrincipalLike(Protocol):
     @property
     def label(self) -> str: ...
 
+    @property
+    def person(self) -> str: ...
+
 
 class OutboxLike(Protocol):
     def add(self, session: Session, payload, correlation_id: str | None = None, **kw): ...

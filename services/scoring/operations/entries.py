@@ -7,10 +7,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.contracts.errors import PermissionDenied, RuleViolation, StateConflict, UnknownReference
-from services.contracts.identity import ADMINISTRATOR, OFFICE_ROLES
+from services.contracts.errors import RuleViolation, StateConflict, UnknownReference
+from services.contracts.identity import ADMINISTRATOR, OFFICE_ROLES, require_second_approver
 from services.contracts.nodes import tier_of
 from services.contracts.periods import Period, PeriodKind
+from services.plumbing import audit
 from services.scoring import domain
 from services.scoring.domain import ScoringRuleViolation
 from services.scoring.models import Appraisal, Approval, PolicyVersion, RecomputeLog, Subject, SubjectAlias, Veto
@@ -34,7 +35,7 @@ def propose_policy(session: Session, ctx: Context, principal: PrincipalLike, nod
                                     f"is already awaiting approval ({pending.id}): approve or reject it first")
     row = Approval(id=str(uuid.uuid4()), kind=POLICY_CHANGE, node=code, target=code, status=PENDING,
                    reason=policy.note, document=policy.model_dump(mode="json"), proposed_by=actor(principal),
-                   proposed_by_subject=actor_id(principal), proposed_at=now or _now())
+                   proposed_by_subject=principal.person[:200], proposed_at=now or _now())
     session.add(row)
     session.flush()
     return approval_out(session, row)
@@ -179,8 +180,8 @@ def propose_veto_revocation(session: Session, ctx: Context, principal: Principal
         raise StateConflict("veto_id", f"撤销申请 {pending} 正待审批; a revocation of veto {veto_id} is already "
                                        f"awaiting approval ({pending})")
     row = Approval(id=str(uuid.uuid4()), kind=VETO_REVOCATION, node=evaluating_node(ctx, subject), target=veto.id,
-                   status=PENDING, reason=reason, proposed_by=actor(principal), proposed_by_subject=actor_id(principal),
-                   proposed_at=now or _now())
+                   status=PENDING, reason=reason, proposed_by=actor(principal),
+                   proposed_by_subject=principal.person[:200], proposed_at=now or _now())
     session.add(row)
     session.flush()
     return approval_out(session, row)
@@ -253,12 +254,14 @@ def approve(session: Session, ctx: Context, principal: PrincipalLike, approval_i
     now = now or _now()
     lock_scoring(session)
     row = _pending_for(session, principal, approval_id)
-    if row.proposed_by_subject == actor_id(principal):
-        raise PermissionDenied("approval_id", "提议人不能批准自己的提议，须由另一名管理员批准; the proposer "
-                                              "cannot approve its own proposal: another administrator must")
-    row.status, row.decided_by, row.decided_by_subject = APPROVED, actor(principal), actor_id(principal)
+    # Two different people: the approver signed in itself (no API token), and neither its
+    # account nor its administrator grant is the proposer's doing or younger than the proposal.
+    require_second_approver(principal, row.node, row.proposed_by_subject, row.proposed_at)
+    row.status, row.decided_by, row.decided_by_subject = APPROVED, actor(principal), principal.person[:200]
     row.decided_at, row.decision_note = now, note
     session.flush()
+    audit.describe(session, node=row.node, target=f"approval:{row.id}",
+                   also={"two_person_rule": {"proposed_by": row.proposed_by, "approved_by": row.decided_by}})
     if row.kind == VETO_REVOCATION:
         effect = _apply_veto_revocation(session, ctx, row, now)
     else:

@@ -3,6 +3,7 @@
 The database is an in-memory SQLite one (no server); the outbox records what would be published.
 """
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from uuid import uuid4
 
@@ -16,7 +17,7 @@ from services.contracts.events import InvalidEvent, Producer, make_event
 from services.contracts.events.inspection import InspectionSubmitted
 from services.contracts.events.scoring import RankingPublished
 from services.contracts.nodes import Tier
-from services.plumbing.auth import Grant, Principal
+from services.plumbing.auth import Grant, GrantOrigin, Principal, Provenance
 from services.plumbing.consumer import DUPLICATE
 from services.plumbing.db import WorkerDatabase
 from services.plumbing.providers import StackIdentity
@@ -26,8 +27,12 @@ from services.scoring.service import ScoringService
 SAMPLES = Path(__file__).resolve().parents[3] / "services" / "contracts" / "events" / "samples"
 STREET = "411502008000"
 # Two administrators of the street office: revoking a veto takes both.
-ADMIN = Principal("user-li", "李强", (Grant("administrator", STREET),))
-SECOND = Principal("user-zhao", "赵敏", (Grant("administrator", STREET),))
+# Both signed in themselves; their accounts and grants were made by the operator before any proposal.
+_MADE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_SIGNED_IN = {"methods": ("pwd",),
+              "provenance": Provenance(_MADE, None, (GrantOrigin("administrator", STREET, _MADE, None),))}
+ADMIN = Principal("user-li", "李强", (Grant("administrator", STREET),), **_SIGNED_IN)
+SECOND = Principal("user-zhao", "赵敏", (Grant("administrator", STREET),), **_SIGNED_IN)
 
 
 class RecordingOutbox:
