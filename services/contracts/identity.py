@@ -16,7 +16,7 @@ access token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from services.contracts.errors import PermissionDenied
@@ -152,12 +152,19 @@ class Principal:
         return self.name if self.name == self.subject else f"{self.name} ({self.subject})"
 
 
+INDEPENDENCE_WINDOW = timedelta(days=7)
+"""How long before a proposal an account or grant made by the proposer still counts as the
+proposer's own doing (a sock puppet). An office's first administrator creates everyone else:
+after this week its colleagues can approve its proposals; a puppet made for a proposal cannot."""
+
+
 def require_second_approver(principal: Principal, node: str, proposer: str, proposed_at: datetime,
-                            field: str = "approval_id") -> None:
+                            field: str = "approval_id", window: timedelta = INDEPENDENCE_WINDOW) -> None:
     """The two-person rule: a proposal is approved only by another person, signed in
     interactively (never through an API token), who administers `node` with an account and an
-    administrator grant that both predate the proposal and were not made by the proposer —
-    so neither a token of the proposer's own nor an account the proposer set up can approve."""
+    administrator grant that both predate the proposal and were not made by the proposer within
+    `window` before it — so neither a token of the proposer's own nor an account or grant the
+    proposer set up for the occasion can approve."""
     if not principal.interactive:
         raise PermissionDenied(field, "批准须由管理员本人登录后操作，API 令牌不能批准; an approval needs an "
                                       "administrator's own interactive sign-in, never an API token")
@@ -168,11 +175,16 @@ def require_second_approver(principal: Principal, node: str, proposer: str, prop
     if prov is None or prov.account_created_at is None:
         raise PermissionDenied(field, "令牌未说明账号来源，无法确认批准人独立于提议人; the token does not say "
                                       "where the account came from, so the approver's independence is unknown")
-    if prov.account_created_by == proposer or prov.account_created_at >= proposed_at:
-        raise PermissionDenied(field, "批准人的账号由提议人创建或创建于提议之后，不能批准; the approver's account "
-                                      "was created by the proposer or after the proposal")
+    settled = proposed_at - window
+    if prov.account_created_at >= proposed_at or (prov.account_created_by == proposer
+                                                  and prov.account_created_at > settled):
+        raise PermissionDenied(field, f"批准人的账号由提议人在提议前 {window.days} 天内创建，或创建于提议之后，不能批准; "
+                                      f"the approver's account was created by the proposer within {window.days} "
+                                      f"days before the proposal, or after it")
     if not any(g.role == ADMINISTRATOR and is_within(node, g.node) and g.granted_at is not None
-               and g.granted_at < proposed_at and g.granted_by != proposer for g in prov.grants):
-        raise PermissionDenied(field, f"批准人在 {node} 的管理员角色须在提议之前由提议人以外的人授予; the approver's "
-                                      f"administrator grant on {node} must predate the proposal and not come "
-                                      f"from the proposer")
+               and g.granted_at < proposed_at and (g.granted_by != proposer or g.granted_at <= settled)
+               for g in prov.grants):
+        raise PermissionDenied(field, f"批准人在 {node} 的管理员角色须在提议之前授予，且不是提议人在提议前 {window.days} "
+                                      f"天内授予的; the approver's administrator grant on {node} must predate the "
+                                      f"proposal and not have come from the proposer within {window.days} days "
+                                      f"before it")

@@ -48,9 +48,9 @@ def test_another_person_signed_in_with_an_older_independent_account_and_grant_ma
     (dict(kind="machine", subject="token:1", owner="li", amr=(API_TOKEN_METHOD,)), "the proposer's own token"),
     (dict(subject="li"), "the proposer itself"),
     (dict(created_at=None), "no provenance"),
-    (dict(created_by="li"), "an account the proposer created"),
+    (dict(created_by="li", created_at=PROPOSED - timedelta(days=6)), "an account the proposer created that week"),
     (dict(created_at=PROPOSED + timedelta(seconds=1)), "an account younger than the proposal"),
-    (dict(granted_by="li"), "an administrator grant the proposer made"),
+    (dict(granted_by="li", granted_at=PROPOSED - timedelta(days=6)), "a grant the proposer made that week"),
     (dict(granted_at=PROPOSED + timedelta(minutes=1)), "a grant younger than the proposal"),
 ])
 def test_refused(who, why):
@@ -62,3 +62,15 @@ def test_a_token_names_the_person_who_owns_it():
     assert machine.person == "li" and not machine.interactive
     assert machine.label == "李强 (li; API 令牌「赵敏」token:abc)"
     assert approver().person == "zhao" and approver().interactive
+
+
+def test_colleagues_the_first_administrator_set_up_more_than_a_week_before_may_approve_its_proposals():
+    """An office's first administrator creates every other account: once they have settled in
+    (INDEPENDENCE_WINDOW, 7 days), they can approve its proposals; a puppet made for the
+    occasion cannot."""
+    settled = approver(created_by="li", created_at=PROPOSED - timedelta(days=8),
+                       granted_by="li", granted_at=PROPOSED - timedelta(days=8))
+    assert refusal(settled) is None
+    fresh_grant = approver(created_by="li", created_at=PROPOSED - timedelta(days=30),
+                           granted_by="li", granted_at=PROPOSED - timedelta(days=1))
+    assert "7" in refusal(fresh_grant)
