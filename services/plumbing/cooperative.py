@@ -29,3 +29,17 @@ def breathe(every: float = EVERY) -> None:
     if now - _last >= every:
         time.sleep(0)
         _last = time.perf_counter()
+
+
+def off_hub(function, *args, **kwargs):
+    """Run a CPU-heavy call that releases the GIL (argon2's hashing, a C library's work) in
+    eventlet's thread pool, so the process's other green threads go on meanwhile; a plain call
+    where eventlet has not patched the process (tools, unit tests)."""
+    try:
+        import eventlet.patcher
+        if eventlet.patcher.is_monkey_patched("thread"):
+            from eventlet import tpool
+            return tpool.execute(function, *args, **kwargs)
+    except ImportError:  # pragma: no cover - eventlet always present with nameko
+        pass
+    return function(*args, **kwargs)

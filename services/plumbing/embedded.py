@@ -114,13 +114,19 @@ def make_sqlite_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     path = url.split("///", 1)[-1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+    # Green threads beyond the pool wait for a connection (a pool timeout is a 503): enough
+    # for a stack's requests and consumers, and an overflow connection costs an open() each.
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
+                           **({} if not path or path == ":memory:" else {"pool_size": 8, "max_overflow": 16}))
     lock = writer_lock(path, writer_wait)
+    in_wal = []
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not in_wal:  # kept in the file: once per engine is enough
+            cursor.execute("PRAGMA journal_mode=WAL")
+            in_wal.append(True)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
