@@ -39,6 +39,10 @@ MAX_JSON_DEPTH = 32
 JSON_CONTENT_TYPES = ("application/json",)
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 64
+# No number the campaign handles has more digits than a 64-bit integer (19): a longer
+# integer literal is refused with its field named, before Python's int-string conversion
+# limit (4300 digits) raises a ValueError or a database column overflows.
+MAX_INTEGER_DIGITS = 20
 # C0 controls other than tab, newline and carriage return, and DEL: no campaign text needs
 # them, PostgreSQL refuses NUL, and .xlsx cannot hold most of them.
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -55,14 +59,42 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+class OversizeInteger:
+    """An integer literal longer than MAX_INTEGER_DIGITS, kept unparsed so that
+    `check_json_document` can name its field."""
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _bounded_int(literal: str) -> int | OversizeInteger:
+    digits = len(literal.lstrip("-"))
+    return OversizeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(literal)
+
+
+def parse_json(text: str) -> Any:
+    """json.loads with integer literals bounded (see MAX_INTEGER_DIGITS); the document must
+    then pass `check_json_document`, which refuses an oversize integer by its field."""
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def oversize_integer_reason(digits: int) -> str:
+    return (f"整数位数过多（{digits} 位，最多 {MAX_INTEGER_DIGITS} 位）; an integer of {digits} digits "
+            f"exceeds the limit of {MAX_INTEGER_DIGITS} digits")
+
+
 def check_json_document(data: Any, root: str = "body") -> None:
-    """Depth and text checks over a parsed JSON document, iteratively (no recursion to exhaust)."""
+    """Depth, integer size and text checks over a parsed JSON document, iteratively (no
+    recursion to exhaust)."""
     stack: list[tuple[Any, str, int]] = [(data, "", 1)]
     while stack:
         value, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field=path or root,
                            code="malformed_json")
+        if isinstance(value, OversizeInteger):
+            raise Unprocessable(f"{path or root}: {oversize_integer_reason(value.digits)}", field=path or root)
         if isinstance(value, str):
             problem = text_problem(value)
             if problem:
@@ -313,12 +345,14 @@ class JsonApi(HttpRequestHandler):
             raise ApiError("request body is empty; a JSON object is required", field="body",
                            code="malformed_json")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = parse_json(raw.decode("utf-8"))
         except RecursionError as exc:
             raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body",
                            code="malformed_json") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(f"malformed JSON: {exc}", field="body", code="malformed_json") from exc
+        except ValueError as exc:  # any other conversion limit: a bad body, never a 500
+            raise ApiError(f"JSON 无法解析; malformed JSON: {exc}", field="body", code="malformed_json") from exc
         check_json_document(data)
         try:
             # Strict: a JSON `false` or `0` is not a number or a boolean of the other kind.
