@@ -201,8 +201,11 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
          content_type="application/json", statuses=(201, 202, 204),
          summary="转发 The console's scripts call a service's API as the signed-in person (CSRF-checked)")
     def relay(self, request, service, rest, principal):
-        if service not in ops.PROXIED or rest.startswith(("auth/", ".well-known/")):
-            raise UnknownReference("service", f"no service {service!r} behind the console")
+        try:
+            path = ops.relay_path(service, rest)
+        except ops.RelayRefused as refused:
+            raise ApiError(refused.reason, field=refused.field, status=refused.status,
+                           code="not_found" if refused.status == 404 else "bad_request") from refused
         body = None
         if request.method in ("POST", "PUT", "DELETE"):
             body = request.stream.read(self.upstream.max_upload + 1)
@@ -211,7 +214,7 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
                                code="payload_too_large")
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers and h != "Content-Type"}
         headers["X-Request-Id"] = request.request_id
-        answer = self.upstream.client.call(service, request.method, "/" + rest, Authenticator.token_of(request),
+        answer = self.upstream.client.call(service, request.method, path, Authenticator.token_of(request),
                                            params=request.args, data=body,
                                            content_type=request.headers.get("Content-Type"), headers=headers)
         return Response(answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers)

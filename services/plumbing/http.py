@@ -222,6 +222,18 @@ class ServiceWebServer(WebServer):
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
 
+    def make_url_map(self):
+        # Paths are matched as sent: werkzeug would answer a double slash with a redirect to
+        # the merged path, and a relay (the console's /api) must decide on exactly the path
+        # it passes on (issue 27).
+        from werkzeug.routing import Map
+        url_map = Map(merge_slashes=False)
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
+
     @property
     def bind_addr(self):
         config = self.container.config
