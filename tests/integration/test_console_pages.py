@@ -223,3 +223,24 @@ def test_the_relay_normalises_paths_before_deciding_and_never_passes_sign_in(sta
         assert re.search(r"[\u4e00-\u9fff]", error["message"])
     # What normalises cleanly still goes through.
     assert _raw(stack, session, "GET", "/api/accounts/me")[0] == 200
+
+
+def test_silent_renewal_rotates_the_refresh_cookie_and_survives_a_race(stack):
+    """Issue 27: refresh tokens rotate. The console keeps the replacement, and two renewals
+    with the same cookie at once (two tabs, a page's parallel loads) both keep the person
+    signed in (accounts' grace)."""
+    session, _ = signed_in(stack, "wangfang")
+    old = session.cookies["cw_refresh"]
+    cookies = {"cw_refresh": old, "cw_csrf": session.cookies["cw_csrf"]}
+    answers = []
+    for _ in range(2):  # the same cookie twice: the second is the racing renewal
+        answers.append(requests.get(f"{stack.console}/session/refresh", params={"next": "/ledger"}, cookies=cookies,
+                                    allow_redirects=False, timeout=30))
+    for answer in answers:
+        assert answer.status_code == 303 and answer.headers["Location"] == "/ledger", answer.headers
+        renewed = answer.cookies.get("cw_refresh")
+        assert renewed and renewed != old
+        # The renewed session works.
+        page = requests.get(f"{stack.console}/ledger", cookies={"cw_access": answer.cookies["cw_access"],
+                                                               "cw_refresh": renewed}, timeout=30)
+        assert page.status_code == 200 and "整改台账" in page.text
