@@ -7,8 +7,9 @@ Every error is JSON: {"error": code, "message": ..., "errors": [{"field", "reaso
 from __future__ import annotations
 
 import json
-import re
 import logging
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,15 +69,29 @@ class OversizeInteger:
         self.digits = digits
 
 
+class NonFiniteNumber:
+    """A number literal too large for a float (1e999, 400 digits), or NaN/Infinity: kept
+    so that `check_json_document` can name its field."""
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str):
+        self.literal = literal[:20]
+
+
 def _bounded_int(literal: str) -> int | OversizeInteger:
     digits = len(literal.lstrip("-"))
     return OversizeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(literal)
 
 
+def _finite_float(literal: str) -> float | NonFiniteNumber:
+    value = float(literal)
+    return value if math.isfinite(value) else NonFiniteNumber(literal)
+
+
 def parse_json(text: str) -> Any:
-    """json.loads with integer literals bounded (see MAX_INTEGER_DIGITS); the document must
-    then pass `check_json_document`, which refuses an oversize integer by its field."""
-    return json.loads(text, parse_int=_bounded_int)
+    """json.loads with integer literals bounded (see MAX_INTEGER_DIGITS) and numbers finite;
+    the document must then pass `check_json_document`, which refuses either by its field."""
+    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=NonFiniteNumber)
 
 
 def oversize_integer_reason(digits: int) -> str:
@@ -94,7 +109,11 @@ def check_json_document(data: Any, root: str = "body") -> None:
             raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field=path or root,
                            code="malformed_json")
         if isinstance(value, OversizeInteger):
-            raise Unprocessable(f"{path or root}: {oversize_integer_reason(value.digits)}", field=path or root)
+            raise Unprocessable(oversize_integer_reason(value.digits), field=path or root)
+        if isinstance(value, NonFiniteNumber):
+            reason = (f"数值超出范围（{value.literal}…）; the number {value.literal}… is not a finite "
+                      "number a float can hold")
+            raise Unprocessable(reason, field=path or root)
         if isinstance(value, str):
             problem = text_problem(value)
             if problem:

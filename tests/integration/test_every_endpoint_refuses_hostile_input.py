@@ -3,8 +3,8 @@ writes nothing: generated from the routes the services declare, so a new endpoin
 the day it is added.
 
 For each route with a JSON body: 1,000 levels of nesting; a 5,000-digit integer in every field
-(past Python's int-string conversion limit, and an anonymous 500 before issue 27); a NUL in
-every string-typed field;
+(past Python's int-string conversion limit, and an anonymous 500 before issue 27) and numbers
+no float holds (1e999, NaN) in every number field; a NUL in every string-typed field;
 instants outside the campaign years (0001, 9999) in every date-time field; periods 0001-01
 and 9999-12. For each route with a query: the same for its string and date-time parameters.
 Afterwards no audit entry carries any of these requests' ids (every write is audited by the
@@ -110,6 +110,10 @@ def _probe_body(prober: Prober, method: str, path: str, model) -> None:
     for name, branches in _properties(model).items():
         prober.send(f"{name}=<5,000 digits>", method, path, data=b'{"%s": %s}' % (name.encode(), HUGE_INTEGER.encode()),
                     field=name)
+        if _takes(branches, "number"):
+            for literal in (b"1e999", b"-" + b"9" * 400 + b".5", b"NaN"):
+                prober.send(f"{name}={literal[:8].decode()}", method, path,
+                            data=b'{"%s": %s}' % (name.encode(), literal), field=name)
         if _takes(branches, "string"):
             prober.send(f"NUL in {name}", method, path, data=_json({name: NUL}), field=name)
         if _takes(branches, "instant"):
