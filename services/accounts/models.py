@@ -67,6 +67,11 @@ class RefreshToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     client: Mapped[str | None] = mapped_column(String(64))
+    # Rotation (issue 27): each use replaces the token with a new one of the same family (the
+    # sign-in's first token's id; NULL on that first token and on tokens from before). A
+    # replaced token used again after the grace ends the whole family.
+    family_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    replaced_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ApiToken(Base):

@@ -28,8 +28,8 @@ from services.plumbing.cooperative import off_hub
 from services.plumbing.rate_limit import RateLimit
 from services.accounts.models import ApiToken, LoginAttempt, RefreshToken, SigningKey as KeyRow, User, UserGrant
 from services.accounts.schemas import (AccessTokenOut, ApiTokenCreate, ApiTokenCreated, ApiTokenOut, ApiTokenQuery,
-                                       GrantOut, LoginIn, LoginOut, MeOut, PasswordChange, PasswordReset, UserCreate,
-                                       UserOut, UserQuery, GrantIn)
+                                       GrantOut, LoginIn, LoginOut, MeOut, PasswordChange, PasswordReset, RefreshOut,
+                                       UserCreate, UserOut, UserQuery, GrantIn)
 from services.contracts.errors import PermissionDenied, RuleViolation, StateConflict, UnknownReference
 from services.contracts.nodes import InvalidNodeCode, normalize_code
 from services.plumbing.auth import (ADMINISTRATOR, API_TOKEN_METHOD, Grant, GrantOrigin, Principal, SigningKey,
@@ -48,11 +48,17 @@ class Settings:
     access_ttl: int = 300                 # seconds: how long a disabled user keeps working at most
     refresh_ttl: int = 12 * 3600          # seconds: one working day per sign-in
     min_password_length: int = domain.MIN_PASSWORD_LENGTH
+    # Failures of one username from one client address: an attacker elsewhere does not lock
+    # the owner out (issue 27) ...
     user_limit: RateLimit = RateLimit(5, timedelta(minutes=15))
+    # ... but a username attacked from many addresses is still bounded, higher.
+    user_ceiling: RateLimit = RateLimit(50, timedelta(minutes=15))
     client_limit: RateLimit = RateLimit(20, timedelta(minutes=15))
     api_token_default_days: int = 90
     api_token_max_days: int = 366
     key_file: str | None = None
+    # How long a replaced refresh token still renews (a page or two tabs renewing at once).
+    refresh_grace: timedelta = timedelta(seconds=10)
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -67,10 +73,12 @@ class Settings:
             refresh_ttl=number("ACCOUNTS_REFRESH_TTL", 12 * 3600),
             min_password_length=number("ACCOUNTS_MIN_PASSWORD_LENGTH", domain.MIN_PASSWORD_LENGTH),
             user_limit=RateLimit(number("ACCOUNTS_LOGIN_MAX_FAILURES", 5), window),
+            user_ceiling=RateLimit(number("ACCOUNTS_LOGIN_MAX_USERNAME_FAILURES", 50), window),
             client_limit=RateLimit(number("ACCOUNTS_LOGIN_MAX_CLIENT_FAILURES", 20), window),
             api_token_default_days=number("ACCOUNTS_API_TOKEN_DEFAULT_DAYS", 90),
             api_token_max_days=number("ACCOUNTS_API_TOKEN_MAX_DAYS", 366),
             key_file=str(config.get("ACCOUNTS_SIGNING_KEY_FILE") or "") or None,
+            refresh_grace=timedelta(seconds=number("ACCOUNTS_REFRESH_GRACE_SECONDS", 10)),
         )
 
 
@@ -277,20 +285,25 @@ _ATTEMPTS_KEPT = timedelta(days=1)
 
 
 def _throttle(session: Session, username: str, client: str, settings: Settings, now: datetime) -> int | None:
-    """Seconds to wait before this username may try again from this client, or None."""
+    """Seconds to wait before this username may try again from this client, or None: the
+    username's failures from this client (user_limit), from anywhere (user_ceiling, higher)
+    and this client's failures for any username (client_limit)."""
     user_window = now - settings.user_limit.window
     # A success clears the username's count: its owner knew the password.
     last_success = session.execute(select(func.max(LoginAttempt.at)).where(
         LoginAttempt.username == username, LoginAttempt.succeeded.is_(True),
         LoginAttempt.at > user_window)).scalar_one_or_none()
     since = max(user_window, last_success) if last_success else user_window
-    by_user = session.execute(select(LoginAttempt.at).where(
+    failures = session.execute(select(LoginAttempt.at, LoginAttempt.client).where(
         LoginAttempt.username == username, LoginAttempt.succeeded.is_(False),
-        LoginAttempt.at > since)).scalars().all()
+        LoginAttempt.at > since)).all()
+    by_user_here = [at for at, where in failures if where == client]
+    by_user_anywhere = [at for at, _ in failures]
     by_client = session.execute(select(LoginAttempt.at).where(
         LoginAttempt.client == client, LoginAttempt.succeeded.is_(False),
         LoginAttempt.at > now - settings.client_limit.window)).scalars().all()
-    waits = [w for w in (settings.user_limit.retry_after(by_user, now),
+    waits = [w for w in (settings.user_limit.retry_after(by_user_here, now),
+                         settings.user_ceiling.retry_after(by_user_anywhere, now),
                          settings.client_limit.retry_after(by_client, now)) if w]
     return max(waits) if waits else None
 
@@ -339,27 +352,59 @@ def login(session: Session, body: LoginIn, client: str, settings: Settings, pass
 
 
 REFRESH_REFUSED = "刷新令牌无效、已过期或已撤销; the refresh token is invalid, expired or revoked"
+REFRESH_REUSED = ("刷新令牌已被使用过，为安全起见本次登录已结束，请重新登录; the refresh token was already "
+                  "used: the session is ended for safety, sign in again")
 ACCOUNT_REFUSED = "账号已停用; the account is disabled"
 
 
-def refresh(session: Session, secret: str, settings: Settings, keys: KeyRing, now: datetime) -> SignedIn | Refused:
+def refresh(session: Session, secret: str, settings: Settings, keys: KeyRing, now: datetime,
+            client: str | None = None) -> SignedIn | Refused:
+    """A fresh access token and a new refresh token that replaces the one sent (rotation).
+
+    A replaced token sent again within `settings.refresh_grace` (a page renewing twice at
+    once, two tabs) gets another new pair of the same family: both answers are valid, and
+    whichever cookie the browser keeps works. Sent again later, it was replayed (stolen or
+    copied): the whole family — every token of that sign-in — is revoked."""
     row = session.execute(select(RefreshToken).where(
-        RefreshToken.digest == domain.secret_digest(secret))).scalar_one_or_none()
+        RefreshToken.digest == domain.secret_digest(secret)).with_for_update()).scalar_one_or_none()
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         return Refused(REFRESH_REFUSED, "refresh_token")
     user = session.get(User, row.user_id)
     if user is None or user.disabled:
         return Refused(ACCOUNT_REFUSED, "refresh_token")
+    if row.replaced_at is not None and now - row.replaced_at > settings.refresh_grace:
+        _revoke_family(session, row, now)
+        log.warning("a replaced refresh token of %s was used again: its session is revoked", user.username)
+        return Refused(REFRESH_REUSED, "refresh_token")
+    if row.replaced_at is None:
+        row.replaced_at = now
     row.last_used_at = now
-    return SignedIn(_user_access(session, keys, settings, user, now))
+    new_secret = domain.new_secret(domain.REFRESH_PREFIX)
+    successor = RefreshToken(id=str(uuid.uuid4()), user_id=user.id, digest=domain.secret_digest(new_secret),
+                             created_at=now, expires_at=row.expires_at, client=client or row.client,
+                             family_id=row.family_id or row.id)
+    session.add(successor)
+    access = _user_access(session, keys, settings, user, now)
+    return SignedIn(RefreshOut(**access.model_dump(), refresh_token=new_secret,
+                               refresh_expires_at=successor.expires_at))
+
+
+def _revoke_family(session: Session, row: RefreshToken, now: datetime) -> None:
+    family = row.family_id or row.id
+    session.execute(update(RefreshToken).where(
+        or_(RefreshToken.id == family, RefreshToken.family_id == family), RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now))
 
 
 def logout(session: Session, secret: str, now: datetime) -> bool:
-    """Revoke a refresh token; whether it was one that still worked."""
-    result = session.execute(update(RefreshToken).where(
-        RefreshToken.digest == domain.secret_digest(secret), RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now))
-    return result.rowcount == 1
+    """End the session of a refresh token (every token of its family); whether it still worked."""
+    row = session.execute(select(RefreshToken).where(
+        RefreshToken.digest == domain.secret_digest(secret))).scalar_one_or_none()
+    if row is None:
+        return False
+    live = row.revoked_at is None
+    _revoke_family(session, row, now)
+    return live
 
 
 def _revoke_sessions(session: Session, user: User, now: datetime) -> None:

@@ -74,6 +74,11 @@ class MeOut(BaseModel):
     node: str | None = None
 
 
+class RefreshOut(AccessTokenOut):
+    refresh_token: str = Field(description="the refresh token that replaces the one sent (rotation): keep this one")
+    refresh_expires_at: datetime = Field(description="the end of the signed-in session (not extended by renewals)")
+
+
 class LoginOut(AccessTokenOut):
     refresh_token: str = Field(description="exchange at POST /auth/refresh; keep it secret")
     refresh_expires_at: datetime

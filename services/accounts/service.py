@@ -6,11 +6,14 @@ Entrypoints only: parsing and validation happen in the shared HTTP layer, rules 
 so that `nameko run services.accounts.service` finds only this service class.)
 
 Config (infra/nameko.yaml): AUTH_ISSUER, AUTH_AUDIENCE, ACCOUNTS_ACCESS_TTL (seconds, 300),
-ACCOUNTS_REFRESH_TTL (seconds, 43200), ACCOUNTS_SIGNING_KEY_FILE (PEM; else a key generated
+ACCOUNTS_REFRESH_TTL (seconds, 43200), ACCOUNTS_REFRESH_GRACE_SECONDS (10: a replaced refresh token
+still renews this long), ACCOUNTS_SIGNING_KEY_FILE (PEM; else a key generated
 and kept in the database), ACCOUNTS_MIN_PASSWORD_LENGTH (10), ACCOUNTS_LOGIN_MAX_FAILURES (5
-per username), ACCOUNTS_LOGIN_MAX_CLIENT_FAILURES (20 per client address),
+per username and client address), ACCOUNTS_LOGIN_MAX_USERNAME_FAILURES (50 per username from
+anywhere), ACCOUNTS_LOGIN_MAX_CLIENT_FAILURES (20 per client address),
 ACCOUNTS_LOGIN_WINDOW_SECONDS (900), ACCOUNTS_TRUST_FORWARDED_FOR (false: behind a reverse
-proxy, true takes the client address from X-Forwarded-For), ACCOUNTS_API_TOKEN_DEFAULT_DAYS
+proxy, true takes the client address from X-Forwarded-For), CONSOLE_RELAY_SECRET (shared with
+the console: its relayed sign-ins name the person's address in X-Forwarded-For), ACCOUNTS_API_TOKEN_DEFAULT_DAYS
 (90), ACCOUNTS_API_TOKEN_MAX_DAYS (366), ACCOUNTS_ARGON2_TIME_COST / _MEMORY_KIB / _PARALLELISM.
 """
 from __future__ import annotations
@@ -25,12 +28,13 @@ from werkzeug.wrappers import Response
 from services.accounts import operations as ops
 from services.accounts.schemas import (AccessTokenOut, ApiTokenCreate, ApiTokenCreated, ApiTokenExchangeIn,
                                        ApiTokenOut, ApiTokenQuery, GrantIn, LoginIn, LoginOut, MeOut, PasswordChange,
-                                       PasswordReset, RefreshIn, UserCreate, UserOut, UserQuery)
+                                       PasswordReset, RefreshIn, RefreshOut, UserCreate, UserOut, UserQuery)
 from services.plumbing import operator_endpoints
 from services.plumbing.auth import ACCESS_COOKIE, ADMINISTRATOR, ALL_ROLES, PUBLIC, signed_in
 from services.plumbing.clock import Clock
 from services.plumbing.db import Database
 from services.plumbing.http import CSRF_COOKIE, api, error_response, json_response
+from services.plumbing.rate_limit import client_address, relay_secret
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 ADMINS = signed_in(ADMINISTRATOR)
@@ -45,6 +49,7 @@ class Issuer:
     passwords: ops.Passwords
     keys: ops.KeyRing
     trust_forwarded_for: bool
+    relay_secret: str | None = None
 
 
 class IssuerProvider(DependencyProvider):
@@ -54,7 +59,8 @@ class IssuerProvider(DependencyProvider):
         config = self.container.config
         settings = ops.Settings.from_config(config)
         self.issuer = Issuer(settings, ops.Passwords.from_config(config), ops.KeyRing(settings),
-                             str(config.get("ACCOUNTS_TRUST_FORWARDED_FOR", "false")).lower() == "true")
+                             str(config.get("ACCOUNTS_TRUST_FORWARDED_FOR", "false")).lower() == "true",
+                             relay_secret(config))
 
     def get_dependency(self, worker_ctx):
         return self.issuer
@@ -70,12 +76,9 @@ class AccountsService(operator_endpoints.OperatorEndpoints):
     # --- helpers: how sign-in outcomes become responses ---
 
     def _client(self, request) -> str:
-        if self.issuer.trust_forwarded_for:
-            # The proxy appends the address it saw: the last entry is the one it vouches for.
-            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
-            if forwarded:
-                return forwarded[:64]
-        return (request.remote_addr or "unknown")[:64]
+        # Also the console's relay of a person's sign-in, vouched for by the shared secret.
+        return client_address(request, trust_forwarded_for=self.issuer.trust_forwarded_for,
+                              relay_secret=self.issuer.relay_secret)
 
     def _respond(self, request, outcome, status: int = 200) -> Response:
         if isinstance(outcome, ops.Throttled):
@@ -120,12 +123,16 @@ class AccountsService(operator_endpoints.OperatorEndpoints):
                                 self.issuer.keys, self.clock.now())
         return self._respond(request, outcome)
 
-    @api("POST", "/auth/refresh", body=RefreshIn, response=AccessTokenOut, access=PUBLIC,
-         summary="刷新访问令牌 A fresh access token for a refresh token (refused once the user is disabled)")
+    @api("POST", "/auth/refresh", body=RefreshIn, response=RefreshOut, access=PUBLIC,
+         summary="刷新访问令牌 A fresh access token and a new refresh token replacing the one sent (rotation; "
+                 "refused once the user is disabled)",
+         description="Each refresh token renews once: the answer carries its replacement. The replaced token "
+                     "sent again within ACCOUNTS_REFRESH_GRACE_SECONDS (10) gets another pair (a page renewing "
+                     "twice at once); later, it ends the session (every token of that sign-in is revoked).")
     def refresh(self, request, body: RefreshIn):
         with self.db.transaction() as session:
             outcome = ops.refresh(session, body.refresh_token, self.issuer.settings, self.issuer.keys,
-                                  self.clock.now())
+                                  self.clock.now(), self._client(request))
         return self._respond(request, outcome)
 
     @api("POST", "/auth/logout", body=RefreshIn, status=204, raw=True, access=PUBLIC,

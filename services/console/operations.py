@@ -14,6 +14,36 @@ from services.contracts.identity import Principal
 from services.plumbing.upstream import Upstreams
 
 PROXIED = frozenset({"inspection", "tasks", "scoring", "notify", "photos", "accounts"})
+# What the relay never passes, whatever the service: signing in and renewing (the console's own
+# /login and /session/refresh do that, with the cookies) and the issuer's keys.
+RELAY_BLOCKED = frozenset({"auth", ".well-known"})
+
+
+class RelayRefused(ValueError):
+    """A path the relay does not pass: `status` 404 (nothing to relay to) or 400 (a path that
+    does not normalise cleanly), the field and a Chinese-first reason."""
+
+    def __init__(self, status: int, field: str, reason: str):
+        super().__init__(reason)
+        self.status, self.field, self.reason = status, field, reason
+
+
+def relay_path(service: str, rest: str) -> str:
+    """The path the relay asks `service` for. The server has percent-decoded the request path
+    once; a path that is not already in normal form — a '%' left (double encoding), a
+    backslash, an empty, '.' or '..' segment (double slashes, dot segments) — is refused
+    rather than normalised, so that what is checked here is exactly what the service sees."""
+    if service not in PROXIED:
+        raise RelayRefused(404, "service", f"控制台后面没有服务 {service!r}; no service {service!r} behind the console")
+    segments = rest.split("/")
+    if "%" in rest or "\\" in rest or any(s in ("", ".", "..") for s in segments):
+        raise RelayRefused(400, "path", "路径不规范（含编码字符、反斜杠、空段或 . / .. 段）; the path must be in "
+                                        "normal form: no percent-encoding left, backslashes, empty, '.' or '..' "
+                                        "segments")
+    if segments[0].lower() in RELAY_BLOCKED:
+        raise RelayRefused(404, "path", f"控制台不转发 /{segments[0]}/; the console does not relay "
+                                        f"/{segments[0]}/ (sign in through the console itself)")
+    return "/" + rest
 LEDGER_FILTERS = ("subject_id", "status", "light", "category", "period", "severity")
 # The dashboard draws a trend for at most this many children (a district has ~10–20 streets).
 TREND_LIMIT = 30

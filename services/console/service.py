@@ -27,6 +27,9 @@ Config (infra/nameko.yaml):
   CONSOLE_SECURE_COOKIES  mark cookies Secure (default true; browsers accept them on localhost)
   CONSOLE_ASSETS_DIR      the npm packages' directory (default services/console/assets/node_modules)
   CONSOLE_MAX_UPLOAD_BYTES  largest body relayed to a service (default 16 MB: photos)
+  CONSOLE_RELAY_SECRET    shared with accounts: sign-ins carry the person's address (X-Forwarded-For),
+                          so accounts' login limits count people, not the console
+  CONSOLE_TRUST_FORWARDED_FOR  true only behind a reverse proxy that sets X-Forwarded-For
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from services.plumbing import operator_endpoints
 from services.plumbing.auth import Authenticator, PUBLIC, signed_in
 from services.plumbing.clock import Clock
 from services.plumbing.http import CSRF_COOKIE, ApiError, api
+from services.plumbing.rate_limit import RELAY_HEADER, client_address, relay_secret
 from services.plumbing.upstream import Upstreams
 from nameko.extensions import DependencyProvider
 
@@ -59,6 +63,16 @@ class Upstream(DependencyProvider):
         self.secure_cookies = str(config.get("CONSOLE_SECURE_COOKIES", True)).lower() not in ("false", "0", "no")
         self.assets_dir = config.get("CONSOLE_ASSETS_DIR") or None
         self.max_upload = int(config.get("CONSOLE_MAX_UPLOAD_BYTES", 16 * 1024 * 1024))
+        self.relay_secret = relay_secret(config)
+        self.trust_forwarded_for = str(config.get("CONSOLE_TRUST_FORWARDED_FOR", "false")).lower() == "true"
+
+    def sign_in_headers(self, request) -> dict[str, str]:
+        """For accounts' /auth/*: the person's address, vouched for with the relay secret, so
+        that accounts' rate limits count each person's address, not the console's (issue 27)."""
+        if not self.relay_secret:
+            return {}
+        return {"X-Forwarded-For": client_address(request, trust_forwarded_for=self.trust_forwarded_for),
+                RELAY_HEADER: self.relay_secret}
 
     def get_dependency(self, worker_ctx):
         return self
@@ -94,7 +108,8 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
         answer = self.upstream.client.call("accounts", "POST", "/auth/login", None,
                                            data=_json({"username": form.get("username", ""),
                                                        "password": form.get("password", "")}),
-                                           content_type="application/json")
+                                           content_type="application/json",
+                                           headers=self.upstream.sign_in_headers(request))
         if answer.status == 200:
             tokens = answer.json()
             response = web.redirect(target)
@@ -116,12 +131,17 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
         if refresh_token:
             answer = self.upstream.client.call("accounts", "POST", "/auth/refresh", None,
                                                data=_json({"refresh_token": refresh_token}),
-                                               content_type="application/json")
+                                               content_type="application/json",
+                                               headers=self.upstream.sign_in_headers(request))
             if answer.status == 200:
+                # Refresh tokens rotate: keep the replacement (a renewal racing this one within
+                # accounts' grace gets a pair of its own, equally valid: whichever cookie the
+                # browser keeps last works).
                 tokens = answer.json()
                 response = web.redirect(target)
-                web.set_session(response, tokens["access_token"], tokens["expires_in"], None, None, None,
-                                self.upstream.secure_cookies)
+                refresh_ttl = max(60, int((_instant(tokens["refresh_expires_at"]) - self.clock.now()).total_seconds()))
+                web.set_session(response, tokens["access_token"], tokens["expires_in"], tokens["refresh_token"],
+                                refresh_ttl, None, self.upstream.secure_cookies)
                 return response
         response = web.redirect(f"/login?next={target}")
         web.clear_session(response, self.upstream.secure_cookies)
@@ -201,8 +221,11 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
          content_type="application/json", statuses=(201, 202, 204),
          summary="转发 The console's scripts call a service's API as the signed-in person (CSRF-checked)")
     def relay(self, request, service, rest, principal):
-        if service not in ops.PROXIED or rest.startswith(("auth/", ".well-known/")):
-            raise UnknownReference("service", f"no service {service!r} behind the console")
+        try:
+            path = ops.relay_path(service, rest)
+        except ops.RelayRefused as refused:
+            raise ApiError(refused.reason, field=refused.field, status=refused.status,
+                           code="not_found" if refused.status == 404 else "bad_request") from refused
         body = None
         if request.method in ("POST", "PUT", "DELETE"):
             body = request.stream.read(self.upstream.max_upload + 1)
@@ -211,7 +234,7 @@ class ConsoleService(operator_endpoints.OperatorEndpoints):
                                code="payload_too_large")
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers and h != "Content-Type"}
         headers["X-Request-Id"] = request.request_id
-        answer = self.upstream.client.call(service, request.method, "/" + rest, Authenticator.token_of(request),
+        answer = self.upstream.client.call(service, request.method, path, Authenticator.token_of(request),
                                            params=request.args, data=body,
                                            content_type=request.headers.get("Content-Type"), headers=headers)
         return Response(answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers)

@@ -31,9 +31,14 @@ class ControlLevel(Base):
 class DensityForm(Base):
     """One submitted monitoring form (the centre's figures for an area): the idempotency unit."""
     __tablename__ = "indicators_density_forms"
+    __table_args__ = (UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_indicators_form_idempotency"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    # Unique in its scope (who sent it to which endpoint: plumbing/idempotency.py client_key),
+    # with the fingerprint of the body it came with; NULL scope: stored before issue 27.
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    idempotency_scope: Mapped[str | None] = mapped_column(String(64))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     area: Mapped[str] = mapped_column(String(12), index=True)
     period: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(200))
@@ -92,9 +97,12 @@ class Questionnaire(Base):
 class Survey(Base):
     """A survey wave: the questionnaire version, the period, the seed and the drawn sample."""
     __tablename__ = "indicators_surveys"
+    __table_args__ = (UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_indicators_survey_idempotency"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    idempotency_scope: Mapped[str | None] = mapped_column(String(64))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     node: Mapped[str] = mapped_column(String(12), index=True)
     questionnaire_code: Mapped[str] = mapped_column(String(64))
     questionnaire_version: Mapped[int] = mapped_column(Integer)

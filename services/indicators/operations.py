@@ -36,6 +36,7 @@ from services.indicators.schemas import (AreaSatisfactionOut, ChildReportOut, Cl
                                          PublicAnswerOut, QuestionnaireIn, QuestionnaireOut, RateOut, ReadingOut,
                                          ResponseOut, RespondentOut, SatisfactionOut, SurveyIn, SurveyOut,
                                          VerdictOut)
+from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, client_key
 from services.plumbing.rate_limit import RateLimit
 from services.plumbing.sql import advisory_xact_lock
 
@@ -167,18 +168,31 @@ def _form_out(session: Session, ctx: Context, form: DensityForm) -> DensityFormO
                           verdict=verdict_for(session, ctx, form.area, form.period))
 
 
+# Idempotency keys are scoped to the caller and the endpoint (plumbing/idempotency.py).
+FORM_ENDPOINT = "POST /vector/forms"
+SURVEY_ENDPOINT = "POST /surveys"
+
+
 def record_form(session: Session, ctx: Context, principal: Principal, body: DensityFormIn,
                 now: datetime) -> tuple[DensityFormOut, bool]:
     """Store a monitoring form and re-judge the area's month. Returns (form, created); the same
     idempotency key again returns the stored form unchanged."""
     area = _within_home(ctx, body.area, "area")
     principal.require(RECORDERS, area, "area")
+    key = client_key(body.idempotency_key, FORM_ENDPOINT, principal.subject, body, "idempotency_key")
     existing = session.execute(select(DensityForm).where(
-        DensityForm.idempotency_key == body.idempotency_key)).scalar_one_or_none()
+        DensityForm.idempotency_scope == key.scope, DensityForm.idempotency_key == key.key)).scalar_one_or_none()
+    if existing is None:
+        # A key stored before keys were scoped: the same person's retry adopts it.
+        existing = session.execute(select(DensityForm).where(
+            DensityForm.idempotency_scope.is_(None), DensityForm.idempotency_key == key.key,
+            DensityForm.recorded_by_subject == principal.subject).limit(1)).scalar_one_or_none()
+        if existing is not None and (existing.area != area or existing.period != body.period):
+            raise StateConflict(key.field, KEY_REUSED)
+        if existing is not None:
+            existing.idempotency_scope, existing.request_fingerprint = key.scope, key.fingerprint
     if existing is not None:
-        if existing.area != area or existing.period != body.period:
-            raise StateConflict("idempotency_key", "this key was used for another form; choose another "
-                                                   "(该幂等键已用于其他表单)")
+        key.check_retry(existing.request_fingerprint)
         return _form_out(session, ctx, existing), False
     first, after = Period.parse(body.period).bounds()
     today = _today(now)
@@ -194,14 +208,15 @@ def record_form(session: Session, ctx: Context, principal: Principal, body: Dens
             raise RuleViolation(f"readings[{index}].sampled_on",
                                 f"{reading.sampled_on} is in the future (监测日期晚于今天)")
     lock_vectors(session)
-    form = DensityForm(id=str(uuid.uuid4()), idempotency_key=body.idempotency_key, area=area, period=body.period,
+    form = DensityForm(id=str(uuid.uuid4()), idempotency_key=body.idempotency_key, idempotency_scope=key.scope,
+                       request_fingerprint=key.fingerprint, area=area, period=body.period,
                        source=body.source, recorded_by=principal.label, recorded_by_subject=principal.subject,
                        recorded_at=now)
     session.add(form)
     try:
         session.flush()
     except IntegrityError:
-        raise StateConflict("idempotency_key", "a concurrent request with this key is in progress; retry")
+        raise key.in_flight()
     for reading in body.readings:
         session.add(DensityRecord(form_id=form.id, area=area, period=body.period, species=reading.species.value,
                                   method=reading.method.value, value=reading.value, sample_size=reading.sample_size,
@@ -412,12 +427,21 @@ def _survey_out(session: Session, survey: Survey, codes: dict[str, str] | None =
 def create_survey(session: Session, ctx: Context, principal: Principal, body: SurveyIn,
                   now: datetime) -> tuple[SurveyOut, bool]:
     """Draw the sample of each area and give every respondent a one-time answer code (shown once)."""
-    if body.idempotency_key:
+    key = client_key(body.idempotency_key, SURVEY_ENDPOINT, principal.subject, body, "idempotency_key")
+    if key is not None:
         existing = session.execute(select(Survey).where(
-            Survey.idempotency_key == body.idempotency_key)).scalar_one_or_none()
+            Survey.idempotency_scope == key.scope, Survey.idempotency_key == key.key)).scalar_one_or_none()
+        if existing is None:
+            # A key stored before keys were scoped: the same person's retry adopts it.
+            existing = session.execute(select(Survey).where(
+                Survey.idempotency_scope.is_(None), Survey.idempotency_key == key.key,
+                Survey.created_by == principal.label).limit(1)).scalar_one_or_none()
+            if existing is not None:
+                existing.idempotency_scope, existing.request_fingerprint = key.scope, key.fingerprint
         if existing is not None:
+            key.check_retry(existing.request_fingerprint)
             if not principal.sees(existing.node):
-                raise StateConflict("idempotency_key", "this key is already in use; choose another")
+                raise StateConflict(key.field, KEY_REUSED)
             return _survey_out(session, existing), False
     questionnaire = session.get(Questionnaire, (body.questionnaire.code, body.questionnaire.version))
     if questionnaire is None:
@@ -453,6 +477,8 @@ def create_survey(session: Session, ctx: Context, principal: Principal, body: Su
         drawn.append((area, labels))
         areas.append({"node": area, "name": ctx.name_of(area), "frame_size": size, "sample_size": spec.sample_size})
     survey = Survey(id=str(uuid.uuid4()), idempotency_key=body.idempotency_key, node=ctx.home,
+                    idempotency_scope=key.scope if key else None,
+                    request_fingerprint=key.fingerprint if key else None,
                     questionnaire_code=questionnaire.code, questionnaire_version=questionnaire.version,
                     period=body.period, seed=seed, areas=areas, status="open", created_by=principal.label,
                     created_at=now, revision=0)
@@ -460,7 +486,7 @@ def create_survey(session: Session, ctx: Context, principal: Principal, body: Su
     try:
         session.flush()
     except IntegrityError:
-        raise StateConflict("idempotency_key", "a concurrent request with this key is in progress; retry")
+        raise key.in_flight() if key else StateConflict("idempotency_key", KEY_IN_FLIGHT)
     codes = {}
     for area, labels in drawn:
         for position, label in enumerate(labels, start=1):

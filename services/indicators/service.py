@@ -36,6 +36,7 @@ from services.plumbing.consumer import reliable_event_handler
 from services.plumbing.db import Database
 from services.plumbing.http import api, error_response
 from services.plumbing.idempotency import apply_once
+from services.plumbing.rate_limit import client_address
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import Identity
 
@@ -163,11 +164,8 @@ class IndicatorsService(operator_endpoints.OperatorEndpoints):
             return ops.close_survey(session, self._ctx(), principal, survey_id, self.clock.now())
 
     def _client(self, request) -> str:
-        if str(self.config.get("INDICATORS_TRUST_FORWARDED_FOR", "false")).lower() == "true":
-            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
-            if forwarded:
-                return forwarded[:64]
-        return (request.remote_addr or "unknown")[:64]
+        return client_address(request, trust_forwarded_for=str(
+            self.config.get("INDICATORS_TRUST_FORWARDED_FOR", "false")).lower() == "true")
 
     @api("POST", "/public/survey-answers", body=PublicAnswerIn, response=PublicAnswerOut, status=201,
          access=PUBLIC,

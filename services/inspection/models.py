@@ -43,10 +43,16 @@ class Place(Base):
 
 class Inspection(Base):
     __tablename__ = "inspection_inspections"
-    __table_args__ = (Index("ix_inspection_subject_time", "subject_id", "inspected_at"),)
+    __table_args__ = (Index("ix_inspection_subject_time", "subject_id", "inspected_at"),
+                      UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_inspection_idempotency"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # A client's key is unique only in its scope: who sent it to which endpoint
+    # (plumbing/idempotency.py client_key); the fingerprint of the body it came with.
+    # NULL scope: a key stored before keys were scoped (issue 27).
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    idempotency_scope: Mapped[str | None] = mapped_column(String(64))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(32))
     subject_id: Mapped[str] = mapped_column(ForeignKey("inspection_subjects.id"))

@@ -33,6 +33,7 @@ from services.inspection.domain import (UNANNOUNCED, InspectionRuleViolation,
                                         subtree_prefixes)
 from services.inspection import imports
 from services.inspection.models import Inspection, ItemResult, Place, Subject
+from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, ClientKey, client_key, key_scope
 from services.inspection.schemas import (InspectionIn, InspectionOut, ItemResultIn, ItemResultOut, ListQuery,
                                          NodeQuery, PlaceCreate, PlaceOut, PlaceQuery, SubjectCreate, SubjectOut,
                                          ChecklistChoice)
@@ -327,25 +328,53 @@ def _seen(session: Session, insp: Inspection, home: str) -> _Seen:
     return _Seen(insp, subject.node if subject is not None else home, home)
 
 
+# Idempotency keys are scoped to the caller and this operation: POST /inspections and
+# POST /inspection-batches record an inspection the same way, so a phone may sync a capture
+# by either and a key means the same there. The history import keys by the file's own
+# ids for the whole office (any administrator re-importing a file stores nothing twice).
+INSPECTION_ENDPOINT = "POST /inspections"
+IMPORT_ENDPOINT = "POST /imports"
+
+
+def _stored_for_key(session: Session, key: ClientKey, caller: Principal) -> Inspection | None:
+    existing = session.execute(select(Inspection).where(
+        Inspection.idempotency_scope == key.scope, Inspection.idempotency_key == key.key)).scalar_one_or_none()
+    if existing is None:
+        # A key stored before keys were scoped: the same person's retry adopts it.
+        existing = session.execute(select(Inspection).where(
+            Inspection.idempotency_scope.is_(None), Inspection.idempotency_key == key.key,
+            Inspection.recorded_by == caller.label).limit(1)).scalar_one_or_none()
+        if existing is not None:
+            existing.idempotency_scope = key.scope
+    return existing
+
+
 def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue, jurisdiction: Jurisdiction,
                       outbox: OutboxLike, scale: int, caller: Principal,
-                      now: datetime | None = None) -> tuple[InspectionOut, bool]:
+                      now: datetime | None = None, key_field: str = "idempotency_key") -> tuple[InspectionOut, bool]:
     """Create a draft or submitted inspection. Returns (inspection, created).
 
-    A repeated idempotency key returns the stored inspection unchanged (created=False):
-    phones retry offline captures and must never create a duplicate.
+    The caller's repeated idempotency key with the same body returns the stored inspection
+    unchanged (created=False): phones retry offline captures and must never create a
+    duplicate. The same key with another body is refused (409); another person's key is
+    another request.
     """
     now = now or _now()
-    if data.idempotency_key:
-        existing = session.execute(select(Inspection).where(
-            Inspection.idempotency_key == data.idempotency_key)).scalar_one_or_none()
+    key = client_key(data.idempotency_key, INSPECTION_ENDPOINT, caller.subject, data, key_field)
+    if key is not None:
+        existing = _stored_for_key(session, key, caller)
         if existing is not None:
+            key.check_retry(existing.request_fingerprint)
             if not _seen(session, existing, jurisdiction.home).visible_to(caller):
-                # Someone else's key: say nothing about their inspection.
-                raise StateConflict("idempotency_key", "this key is already in use; choose another")
+                # The caller's own key, but the inspection is no longer theirs to see.
+                raise StateConflict(key.field, KEY_REUSED)
+            if existing.request_fingerprint is None:
+                existing.request_fingerprint = key.fingerprint
             return inspection_out(existing, catalogue, caller, jurisdiction.home), False
     subject, place, checklist, sheet = _validated_sheet(session, data, catalogue, jurisdiction, scale, now, caller)
     insp = Inspection(id=str(uuid.uuid4()), idempotency_key=data.idempotency_key, status="draft",
+                      idempotency_scope=key.scope if key else None,
+                      request_fingerprint=key.fingerprint if key else None,
                       catalogue_id=catalogue.catalogue_id, created_at=now, inspecting_node=jurisdiction.home,
                       recorded_by=caller.label)
     _apply(insp, data, sheet)
@@ -356,7 +385,7 @@ def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue
         session.flush()
     except IntegrityError:
         # Two retries raced past the lookup; the caller retries and finds the winner.
-        raise StateConflict("idempotency_key", "a concurrent request with this key is in progress; retry")
+        raise key.in_flight() if key else StateConflict("idempotency_key", KEY_IN_FLIGHT)
     if data.submit:
         _submit(session, insp, subject, place, checklist, sheet, catalogue, outbox, caller, now)
         session.flush()
@@ -574,8 +603,11 @@ def import_history(session: Session, plan: imports.ImportPlan, catalogue: Catalo
 
     # Inspections: resolved, checked and scored before anything is stored.
     keys = [IMPORT_KEY_PREFIX + i.key for i in plan.inspections]
+    import_scope = key_scope(IMPORT_ENDPOINT, jurisdiction.home)
     stored_keys = set(session.execute(select(Inspection.idempotency_key).where(
-        Inspection.idempotency_key.in_(keys))).scalars()) if keys else set()
+        Inspection.idempotency_key.in_(keys),
+        or_(Inspection.idempotency_scope == import_scope, Inspection.idempotency_scope.is_(None)))
+    ).scalars()) if keys else set()
     ready = []
     skipped = 0
     for insp in plan.inspections:
@@ -670,7 +702,7 @@ def import_history(session: Session, plan: imports.ImportPlan, catalogue: Catalo
     for insp, subject, place, data, checklist, sheet, close_outs in sorted(
             ready, key=lambda r: (r[0].inspected_at, r[0].key)):
         row = Inspection(id=str(uuid.uuid4()), idempotency_key=data.idempotency_key, status="draft",
-                         catalogue_id=catalogue.catalogue_id, created_at=now, inspecting_node=jurisdiction.home,
+                         idempotency_scope=import_scope, catalogue_id=catalogue.catalogue_id, created_at=now, inspecting_node=jurisdiction.home,
                          recorded_by=caller.label)
         _apply(row, data, sheet)
         session.add(row)

@@ -205,16 +205,19 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
          access=signed_in(INSPECTOR),
          summary="录入/提交检查 Record an inspection (draft or submitted); idempotent by idempotency_key",
          description="Inspectors holding the role on a node covering the subject's node. A retry with the "
-                     "same idempotency key (body field or Idempotency-Key header) answers 200 with the "
-                     "stored inspection.")
+                     "same idempotency key (body field or Idempotency-Key header) and the same body answers "
+                     "200 with the stored inspection; the same key with another body answers 409. Keys are "
+                     "the caller's own: another person's key is another request.")
     def record_inspection(self, request, body: InspectionIn, principal: Principal):
         header_key = request.headers.get("Idempotency-Key")
+        key_field = "idempotency_key"
         if body.idempotency_key is None and header_key:
             body = self._with_header_key(body, header_key)
+            key_field = "Idempotency-Key"
         self._check_evidence(request, body)
         with self.db.transaction() as session:
             result, created = ops.record_inspection(session, body, self.catalogue, self._jurisdiction(),
-                                                    self.outbox, self._scale, principal)
+                                                    self.outbox, self._scale, principal, key_field=key_field)
         if created and result.status == "submitted":
             self._count_submitted(result)
         return (201 if created else 200), result

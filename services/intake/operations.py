@@ -14,6 +14,7 @@ from typing import Iterable, Protocol
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from services.contracts.bounds import campaign_start, reported_instant_problem
 from services.contracts.errors import DomainError, PermissionDenied, RuleViolation, StateConflict, UnknownReference
 from services.contracts.events.inspection import InspectionSubmitted, PlaceRef, SubjectRef
 from services.contracts.events.intake import CaseHandled, CaseReported
@@ -48,13 +49,17 @@ class TooManyRequests(DomainError):
 class Settings:
     """Config keys (nameko YAML): INTAKE_DUPLICATE_WINDOW_HOURS (24), INTAKE_DUPLICATE_RADIUS_M
     (50), INTAKE_PUBLIC_MAX_PER_WINDOW (5), INTAKE_PUBLIC_WINDOW_SECONDS (3600),
-    INTAKE_PUBLIC_DUPLICATE_HOURS (24), INTAKE_TRUST_FORWARDED_FOR (false)."""
+    INTAKE_PUBLIC_DUPLICATE_HOURS (24), INTAKE_TRUST_FORWARDED_FOR (false), INTAKE_MAX_BACKDATE_HOURS (168:
+    how long before it is sent a platform's case may have been registered), CAMPAIGN_START (an ISO
+    date: no case is older)."""
     duplicate_window: timedelta = domain.DEFAULT_DUPLICATE_WINDOW
     duplicate_radius_m: float = domain.DEFAULT_DUPLICATE_RADIUS_M
     public_max_per_window: int = domain.DEFAULT_PUBLIC_MAX_PER_WINDOW
     public_window: timedelta = domain.DEFAULT_PUBLIC_WINDOW
     public_duplicate_window: timedelta = timedelta(hours=24)
     trust_forwarded_for: bool = False
+    max_backdate: timedelta = timedelta(hours=168)
+    campaign_start: datetime | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -66,7 +71,9 @@ class Settings:
             public_max_per_window=int(number("INTAKE_PUBLIC_MAX_PER_WINDOW", domain.DEFAULT_PUBLIC_MAX_PER_WINDOW)),
             public_window=timedelta(seconds=number("INTAKE_PUBLIC_WINDOW_SECONDS", 3600)),
             public_duplicate_window=timedelta(hours=number("INTAKE_PUBLIC_DUPLICATE_HOURS", 24)),
-            trust_forwarded_for=str(config.get("INTAKE_TRUST_FORWARDED_FOR", "false")).lower() == "true")
+            trust_forwarded_for=str(config.get("INTAKE_TRUST_FORWARDED_FOR", "false")).lower() == "true",
+            max_backdate=timedelta(hours=number("INTAKE_MAX_BACKDATE_HOURS", 168)),
+            campaign_start=campaign_start(config))
 
 
 @dataclass(frozen=True)
@@ -274,8 +281,12 @@ def submit(session: Session, body: ServiceRequestIn, channel: Channel, catalogue
         _check_public_bounds(session, channel, digest, settings, now)
     reported_at = now
     if body.requested_datetime is not None and not channel.public:
-        if body.requested_datetime > now + timedelta(minutes=5):
-            raise RuleViolation("requested_datetime", "不能晚于当前时间; may not lie in the future")
+        # A platform's instant is bounded like a person's: a backdated case would be overdue,
+        # escalated and scored at once (issue 27).
+        problem = reported_instant_problem(body.requested_datetime, now, not_before=settings.campaign_start,
+                                           max_age=settings.max_backdate)
+        if problem:
+            raise RuleViolation("requested_datetime", problem)
         reported_at = body.requested_datetime
     node, place, field = _locate(session, body, divisions, home)
     case = Case(

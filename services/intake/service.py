@@ -39,6 +39,7 @@ from services.plumbing.http import api, error_response
 from services.plumbing.idempotency import apply_once
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import Identity
+from services.plumbing.rate_limit import client_address
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PLATFORMS = signed_in(PLATFORM)
@@ -72,12 +73,7 @@ class IntakeService(operator_endpoints.OperatorEndpoints):
         return [(n.code, n.name) for n in tree.nodes.values()] if tree else []
 
     def _client(self, request) -> str:
-        if self.rules.settings.trust_forwarded_for:
-            # The proxy appends the address it saw: the last entry is the one it vouches for.
-            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
-            if forwarded:
-                return forwarded[:64]
-        return (request.remote_addr or "unknown")[:64]
+        return client_address(request, trust_forwarded_for=self.rules.settings.trust_forwarded_for)
 
     def _submit(self, body: ServiceRequestIn, channel: ops.Channel):
         with self.db.transaction() as session:

@@ -7,8 +7,9 @@ Every error is JSON: {"error": code, "message": ..., "errors": [{"field", "reaso
 from __future__ import annotations
 
 import json
-import re
 import logging
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ MAX_JSON_DEPTH = 32
 JSON_CONTENT_TYPES = ("application/json",)
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 64
+# No number the campaign handles has more digits than a 64-bit integer (19): a longer
+# integer literal is refused with its field named, before Python's int-string conversion
+# limit (4300 digits) raises a ValueError or a database column overflows.
+MAX_INTEGER_DIGITS = 20
 # C0 controls other than tab, newline and carriage return, and DEL: no campaign text needs
 # them, PostgreSQL refuses NUL, and .xlsx cannot hold most of them.
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -55,14 +60,60 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+class OversizeInteger:
+    """An integer literal longer than MAX_INTEGER_DIGITS, kept unparsed so that
+    `check_json_document` can name its field."""
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+class NonFiniteNumber:
+    """A number literal too large for a float (1e999, 400 digits), or NaN/Infinity: kept
+    so that `check_json_document` can name its field."""
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str):
+        self.literal = literal[:20]
+
+
+def _bounded_int(literal: str) -> int | OversizeInteger:
+    digits = len(literal.lstrip("-"))
+    return OversizeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(literal)
+
+
+def _finite_float(literal: str) -> float | NonFiniteNumber:
+    value = float(literal)
+    return value if math.isfinite(value) else NonFiniteNumber(literal)
+
+
+def parse_json(text: str) -> Any:
+    """json.loads with integer literals bounded (see MAX_INTEGER_DIGITS) and numbers finite;
+    the document must then pass `check_json_document`, which refuses either by its field."""
+    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=NonFiniteNumber)
+
+
+def oversize_integer_reason(digits: int) -> str:
+    return (f"整数位数过多（{digits} 位，最多 {MAX_INTEGER_DIGITS} 位）; an integer of {digits} digits "
+            f"exceeds the limit of {MAX_INTEGER_DIGITS} digits")
+
+
 def check_json_document(data: Any, root: str = "body") -> None:
-    """Depth and text checks over a parsed JSON document, iteratively (no recursion to exhaust)."""
+    """Depth, integer size and text checks over a parsed JSON document, iteratively (no
+    recursion to exhaust)."""
     stack: list[tuple[Any, str, int]] = [(data, "", 1)]
     while stack:
         value, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field=path or root,
                            code="malformed_json")
+        if isinstance(value, OversizeInteger):
+            raise Unprocessable(oversize_integer_reason(value.digits), field=path or root)
+        if isinstance(value, NonFiniteNumber):
+            reason = (f"数值超出范围（{value.literal}…）; the number {value.literal}… is not a finite "
+                      "number a float can hold")
+            raise Unprocessable(reason, field=path or root)
         if isinstance(value, str):
             problem = text_problem(value)
             if problem:
@@ -190,6 +241,18 @@ class ServiceWebServer(WebServer):
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
 
+    def make_url_map(self):
+        # Paths are matched as sent: werkzeug would answer a double slash with a redirect to
+        # the merged path, and a relay (the console's /api) must decide on exactly the path
+        # it passes on (issue 27).
+        from werkzeug.routing import Map
+        url_map = Map(merge_slashes=False)
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
+
     @property
     def bind_addr(self):
         config = self.container.config
@@ -313,12 +376,14 @@ class JsonApi(HttpRequestHandler):
             raise ApiError("request body is empty; a JSON object is required", field="body",
                            code="malformed_json")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = parse_json(raw.decode("utf-8"))
         except RecursionError as exc:
             raise ApiError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body",
                            code="malformed_json") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(f"malformed JSON: {exc}", field="body", code="malformed_json") from exc
+        except ValueError as exc:  # any other conversion limit: a bad body, never a 500
+            raise ApiError(f"JSON 无法解析; malformed JSON: {exc}", field="body", code="malformed_json") from exc
         check_json_document(data)
         try:
             # Strict: a JSON `false` or `0` is not a number or a boolean of the other kind.

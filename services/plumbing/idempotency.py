@@ -1,12 +1,19 @@
-"""Consumers remember the events they processed, in the same transaction as their effects."""
+"""Consumers remember the events they processed, in the same transaction as their effects;
+clients' idempotency keys are scoped to who sent them to which endpoint (`client_key`)."""
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
+
+from pydantic import BaseModel
 
 from sqlalchemy import Column, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
+from services.contracts.errors import StateConflict
 from services.contracts.events import EventEnvelope, parse_event
 from services.plumbing.sql import UtcDateTime, insert_ignore
 
@@ -90,3 +97,56 @@ def apply_batch_once(db, processed: Table, bodies: list, event_type: str, consum
         results = iter(apply_many(session, fresh) if fresh else [])
         applied = {id(envelope) for envelope, _ in fresh}
         return [next(results) if id(envelope) in applied else DUPLICATE for envelope, _ in parsed]
+
+
+# --- clients' idempotency keys (a phone retrying an offline capture) ---------------------
+
+KEY_HEADER = "Idempotency-Key"
+KEY_REUSED = ("该幂等键（Idempotency-Key）已由您用于内容不同的请求，请为新的请求使用新的键; this "
+              "Idempotency-Key was already used by you for a request with a different body: use a new key "
+              "for a new request")
+KEY_IN_FLIGHT = ("使用该幂等键（Idempotency-Key）的相同请求正在处理，请稍后重试; a request with this "
+                 "Idempotency-Key is in progress: retry")
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client's idempotency key in its scope: who sent it (the authenticated subject) to
+    which endpoint. Another person's key, or the same key sent to another endpoint, is a
+    different request; the same person's key again is a retry, which must repeat the body
+    (its fingerprint) exactly. Tables keep `scope` and `fingerprint` beside the key, unique
+    on (scope, key)."""
+    key: str
+    scope: str
+    fingerprint: str
+    field: str = KEY_HEADER
+
+    def check_retry(self, stored_fingerprint: str | None) -> None:
+        """A stored request under this key may be answered again only for the same body
+        (rows from before fingerprints were kept are taken as the same)."""
+        if stored_fingerprint is not None and stored_fingerprint != self.fingerprint:
+            raise StateConflict(self.field, KEY_REUSED)
+
+    def in_flight(self) -> StateConflict:
+        return StateConflict(self.field, KEY_IN_FLIGHT)
+
+
+def key_scope(endpoint: str, caller: str) -> str:
+    """The scope of a key, as stored (64 hex characters, whatever the subject's length)."""
+    return hashlib.sha256(f"{endpoint}\x00{caller}".encode("utf-8")).hexdigest()
+
+
+def body_fingerprint(body: BaseModel | dict, exclude: tuple[str, ...] = ("idempotency_key",)) -> str:
+    document = body.model_dump(mode="json", exclude=set(exclude)) if isinstance(body, BaseModel) \
+        else {k: v for k, v in body.items() if k not in exclude}
+    canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def client_key(key: str | None, endpoint: str, caller: str, body: BaseModel | dict,
+               field: str = KEY_HEADER) -> ClientKey | None:
+    """The scoped key of a request (None without a key). `endpoint` names the operation
+    ("POST /inspections"); `caller` is the principal's subject, never a request field."""
+    if not key:
+        return None
+    return ClientKey(key, key_scope(endpoint, caller), body_fingerprint(body), field)

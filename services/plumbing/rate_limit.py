@@ -1,9 +1,11 @@
 """The sliding-window rate limit shared by every endpoint that bounds a caller's attempts:
 login failures (accounts), residents' public reports (intake) and public survey answers
 (indicators). Pure arithmetic over the attempt times each service keeps in its own table,
-so the rule and its Retry-After are the same everywhere."""
+so the rule and its Retry-After are the same everywhere; and who the client is
+(`client_address`), the same way everywhere."""
 from __future__ import annotations
 
+import hmac
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,3 +30,33 @@ class RateLimit:
         # The attempt that must age out is the limit-th most recent one.
         frees_at = recent[self.limit - 1] + self.window
         return max(1, math.ceil((frees_at - now).total_seconds()))
+
+
+# --- who the client is ---------------------------------------------------------------------
+
+RELAY_HEADER = "X-Chuangwei-Relay"
+"""Sent by a trusted relay of this stack (the console) with the shared CONSOLE_RELAY_SECRET:
+its X-Forwarded-For then names the client it relays for."""
+
+
+def relay_secret(config: dict) -> str | None:
+    return str(config.get("CONSOLE_RELAY_SECRET") or "") or None
+
+
+def client_address(request, *, trust_forwarded_for: bool = False, relay_secret: str | None = None) -> str:
+    """The address a rate limit counts: the peer's, or the last X-Forwarded-For entry when
+    it is vouched for — by a reverse proxy every request passes (`trust_forwarded_for`,
+    e.g. INTAKE_TRUST_FORWARDED_FOR), or by the console relaying a person's sign-in with the
+    shared relay secret. Anyone else's X-Forwarded-For is ignored: a client cannot pick its
+    own bucket."""
+    vouched = trust_forwarded_for
+    if not vouched and relay_secret:
+        offered = request.headers.get(RELAY_HEADER, "")
+        vouched = bool(offered) and hmac.compare_digest(offered.encode("utf-8", "replace"),
+                                                        relay_secret.encode("utf-8"))
+    if vouched:
+        # The proxy appends the address it saw: the last entry is the one it vouches for.
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:64]
+    return (request.remote_addr or "unknown")[:64]

@@ -598,3 +598,50 @@ def test_create_admin_command_makes_the_first_administrator(amqp_uri, database_u
         assert old_kid in rotated.stdout
         kids = [k["kid"] for k in requests.get(f"{running.accounts}/.well-known/jwks.json", timeout=30).json()["keys"]]
         assert len(kids) == 2 and old_kid in kids
+
+
+def test_refresh_tokens_rotate_and_a_replayed_one_ends_the_session(stack):
+    """Issue 27: the same refresh token worked twice. Each renewal replaces it; the replaced
+    one still renews within the grace (a page renewing twice at once), and replayed after it
+    ends the sign-in's whole session."""
+    from datetime import timedelta
+
+    from services.plumbing import clock
+
+    def renew(token):
+        return requests.post(f"{stack.accounts}/auth/refresh", json={"refresh_token": token}, timeout=30)
+
+    signed_in = stack.login("admin").json()
+    first = signed_in["refresh_token"]
+    renewed = renew(first)
+    assert renewed.status_code == 200, renewed.text
+    second = renewed.json()["refresh_token"]
+    assert second.startswith("cwr_") and second != first
+    assert renewed.json()["refresh_expires_at"] == signed_in["refresh_expires_at"]  # the session is not extended
+    # A second renewal racing the first (the grace): a pair of its own, equally valid.
+    raced = renew(first)
+    assert raced.status_code == 200 and raced.json()["refresh_token"] not in (first, second)
+    third = renew(second)
+    assert third.status_code == 200, third.text
+
+    other_session = stack.login("admin").json()["refresh_token"]
+    try:
+        clock.advance(timedelta(seconds=30))
+        replayed = renew(first)  # long replaced: stolen or copied
+        assert replayed.status_code == 401, replayed.text
+        assert error_fields(replayed) == ["refresh_token"] and replayed.json()["message"].startswith("刷新令牌已被使用过")
+        # Every token of that sign-in is revoked, the newest too; another sign-in is not.
+        for token in (second, raced.json()["refresh_token"], third.json()["refresh_token"]):
+            assert renew(token).status_code == 401
+        assert renew(other_session).status_code == 200
+    finally:
+        clock.reset()
+
+
+def test_logout_ends_the_whole_session_of_a_rotated_token(stack):
+    first = stack.login("admin").json()["refresh_token"]
+    latest = requests.post(f"{stack.accounts}/auth/refresh", json={"refresh_token": first},
+                           timeout=30).json()["refresh_token"]
+    assert requests.post(f"{stack.accounts}/auth/logout", json={"refresh_token": latest}, timeout=30).status_code == 204
+    assert requests.post(f"{stack.accounts}/auth/refresh", json={"refresh_token": latest},
+                         timeout=30).status_code == 401

@@ -139,7 +139,8 @@ def test_an_expired_access_cookie_is_renewed_with_the_refresh_cookie(stack):
     assert first.status_code == 303 and first.headers["Location"] == "/session/refresh?next=/ledger?light=red"
     renewed = session.get(f"{stack.console}{first.headers['Location']}", allow_redirects=False, timeout=30)
     assert renewed.status_code == 303 and renewed.headers["Location"] == "/ledger?light=red"
-    assert session.cookies.get("cw_access") and session.cookies["cw_refresh"] == refresh
+    # Refresh tokens rotate (issue 27): the console keeps the replacement.
+    assert session.cookies.get("cw_access") and session.cookies["cw_refresh"] not in ("", refresh)
     assert session.get(f"{stack.console}/ledger?light=red", timeout=30).status_code == 200
 
     # A refresh token that no longer works ends the session: back to the sign-in page.
@@ -187,3 +188,60 @@ def test_a_write_relayed_by_the_console_is_on_record_with_the_person_and_the_req
     assert (entry["actor_name"], entry["actor_kind"], entry["action"], entry["request_id"]) == (
         "张伟", "user", "POST /subjects", request_id), entry
     assert entry["request"]["name"] == "控制台新建社区"
+
+
+def _raw(stack, session: requests.Session, method: str, path: str, body: bytes = b"") -> tuple[int, str]:
+    """A request whose path is sent byte for byte (requests would normalise dot segments)."""
+    import http.client
+    from urllib.parse import urlsplit
+    where = urlsplit(stack.console)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    cookies = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    connection.request(method, path, body=body or None, headers={
+        "Cookie": cookies, "Content-Type": "application/json", "X-CSRF-Token": session.cookies["cw_csrf"]})
+    answer = connection.getresponse()
+    text = answer.read().decode("utf-8", "replace")
+    connection.close()
+    return answer.status, text
+
+
+@pytest.mark.parametrize("path", [
+    "/api/accounts/%2e/auth/refresh", "/api/accounts/%2E/auth/login", "/api/accounts/./auth/refresh",
+    "/api/accounts/x/../auth/refresh", "/api/accounts/x/%2e%2e/auth/refresh", "/api/accounts//auth/refresh",
+    "/api/accounts/%252e/auth/refresh", "/api/accounts/%2fauth/refresh", "/api/accounts/Auth/refresh",
+    "/api/accounts/.well-known/jwks.json", "/api/accounts/%2ewell-known/jwks.json",
+    "/api/accounts/x%5c..%5cauth/refresh"])
+def test_the_relay_normalises_paths_before_deciding_and_never_passes_sign_in(stack, path):
+    """Issue 27: /api/accounts/%2e/auth/refresh passed the relay's block on auth/."""
+    session, _ = signed_in(stack, "wangfang")
+    refresh_token = session.cookies["cw_refresh"]
+    status, text = _raw(stack, session, "POST", path, ('{"refresh_token": "%s"}' % refresh_token).encode())
+    assert status in (400, 404), (status, text)
+    assert "access_token" not in text
+    error = requests.models.complexjson.loads(text)
+    if error["errors"]:  # refused by the relay (a path no route matches is a plain 404)
+        assert error["errors"][0]["field"] in ("path", "service")
+        assert re.search(r"[\u4e00-\u9fff]", error["message"])
+    # What normalises cleanly still goes through.
+    assert _raw(stack, session, "GET", "/api/accounts/me")[0] == 200
+
+
+def test_silent_renewal_rotates_the_refresh_cookie_and_survives_a_race(stack):
+    """Issue 27: refresh tokens rotate. The console keeps the replacement, and two renewals
+    with the same cookie at once (two tabs, a page's parallel loads) both keep the person
+    signed in (accounts' grace)."""
+    session, _ = signed_in(stack, "wangfang")
+    old = session.cookies["cw_refresh"]
+    cookies = {"cw_refresh": old, "cw_csrf": session.cookies["cw_csrf"]}
+    answers = []
+    for _ in range(2):  # the same cookie twice: the second is the racing renewal
+        answers.append(requests.get(f"{stack.console}/session/refresh", params={"next": "/ledger"}, cookies=cookies,
+                                    allow_redirects=False, timeout=30))
+    for answer in answers:
+        assert answer.status_code == 303 and answer.headers["Location"] == "/ledger", answer.headers
+        renewed = answer.cookies.get("cw_refresh")
+        assert renewed and renewed != old
+        # The renewed session works.
+        page = requests.get(f"{stack.console}/ledger", cookies={"cw_access": answer.cookies["cw_access"],
+                                                               "cw_refresh": renewed}, timeout=30)
+        assert page.status_code == 200 and "整改台账" in page.text

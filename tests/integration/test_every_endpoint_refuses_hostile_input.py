@@ -2,7 +2,9 @@
 writes nothing: generated from the routes the services declare, so a new endpoint is covered
 the day it is added.
 
-For each route with a JSON body: 1,000 levels of nesting; a NUL in every string-typed field;
+For each route with a JSON body: 1,000 levels of nesting; a 5,000-digit integer in every field
+(past Python's int-string conversion limit, and an anonymous 500 before issue 27) and numbers
+no float holds (1e999, NaN) in every number field; a NUL in every string-typed field;
 instants outside the campaign years (0001, 9999) in every date-time field; periods 0001-01
 and 9999-12. For each route with a query: the same for its string and date-time parameters.
 Afterwards no audit entry carries any of these requests' ids (every write is audited by the
@@ -27,6 +29,7 @@ from tests.integration.conftest import STACK_SERVICES as SERVICES
 pytestmark = pytest.mark.integration
 
 NUL = "a\u0000b"
+HUGE_INTEGER = "9" * 5000
 OUT_OF_RANGE_INSTANTS = ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00")
 OUT_OF_RANGE_PERIODS = ("0001-01", "9999-12")
 _REQUEST_IDS = itertools.count(1)
@@ -56,6 +59,8 @@ def _takes(branches: list[dict], kind: str) -> bool:
                    or b.get("title", "").lower() == "period" for b in branches)
     if kind == "string":
         return any(b.get("type") == "string" and "format" not in b and "enum" not in b for b in branches)
+    if kind == "number":
+        return any(b.get("type") in ("integer", "number") for b in branches)
     raise ValueError(kind)
 
 
@@ -103,6 +108,12 @@ def _probe_body(prober: Prober, method: str, path: str, model) -> None:
     prober.send("nested 1000 deep", method, path, data=b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}", field="body",
                 statuses=(400,))
     for name, branches in _properties(model).items():
+        prober.send(f"{name}=<5,000 digits>", method, path, data=b'{"%s": %s}' % (name.encode(), HUGE_INTEGER.encode()),
+                    field=name)
+        if _takes(branches, "number"):
+            for literal in (b"1e999", b"-" + b"9" * 400 + b".5", b"NaN"):
+                prober.send(f"{name}={literal[:8].decode()}", method, path,
+                            data=b'{"%s": %s}' % (name.encode(), literal), field=name)
         if _takes(branches, "string"):
             prober.send(f"NUL in {name}", method, path, data=_json({name: NUL}), field=name)
         if _takes(branches, "instant"):
@@ -123,6 +134,8 @@ def _probe_query(prober: Prober, method: str, path: str, model) -> None:
             values += OUT_OF_RANGE_INSTANTS
         if _takes(branches, "period"):
             values += OUT_OF_RANGE_PERIODS
+        if _takes(branches, "number"):
+            values.append(HUGE_INTEGER)
         for value in values:
             prober.send(f"?{name}={value!r}", method, f"{path}?{name}={quote(value)}", field=f"query.{name}")
 

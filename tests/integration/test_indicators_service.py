@@ -405,3 +405,24 @@ def test_an_area_slips_from_last_months_pass_even_through_an_incomplete_start(in
     support.wait_until(lambda: any(e["payload"]["revision"] == 3 and e["payload"]["area"]["node"] == HUASEN
                                    for e in events(tap, "vector_verdict_published")), message="the marker verdict")
     assert len(events(tap, "vector_density_slipped")) == 2
+
+
+def test_form_keys_are_the_callers_own_and_a_reused_key_needs_the_same_form(indicators):
+    """Issue 27: idempotency keys were global, so one person's key answered another's form.
+    Keys are scoped to the caller and the endpoint (plumbing/idempotency.py client_key)."""
+    api, db = indicators["api"], indicators["database_url"]
+    wang = api.as_user("王芳", [("inspector", STREET)], subject="wangfang")
+    li = api.as_user("李强", [("inspector", STREET)], subject="liqiang")
+    mine = form("cdc-11-shared", ZHOUJIASHAN, [("rat", "powder", 1.5, "2026-11-05")])
+    first = wang.post("/vector/forms", mine)
+    assert first.status_code == 201, first.text
+    theirs = li.post("/vector/forms", form("cdc-11-shared", HUASEN, [("rat", "powder", 2.5, "2026-11-05")]))
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["form_id"] != first.json()["form_id"] and theirs.json()["area"] == HUASEN
+    again = wang.post("/vector/forms", mine)
+    assert again.status_code == 200 and again.json()["form_id"] == first.json()["form_id"]
+    changed = wang.post("/vector/forms", form("cdc-11-shared", ZHOUJIASHAN, [("rat", "powder", 9.5, "2026-11-05")]))
+    assert changed.status_code == 409, changed.text
+    [error] = changed.json()["errors"]
+    assert error["field"] == "idempotency_key" and error["reason"].startswith("该幂等键（Idempotency-Key）")
+    assert support.scalar(db, "select count(*) from indicators_density_forms") == 2

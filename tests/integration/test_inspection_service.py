@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, func, select
 from services.contracts.events import parse_event
 from services.contracts.events.inspection import InspectionSubmitted
 from services.inspection.models import Inspection, outbox
+from services.plumbing.idempotency import KEY_IN_FLIGHT
 from tests import support
 
 pytestmark = pytest.mark.integration
@@ -111,6 +112,48 @@ def test_retried_submission_returns_the_same_inspection_and_publishes_once(inspe
     assert counts(inspection_stack["database_url"]) == (1, 1)
 
 
+def test_idempotency_keys_are_the_callers_own_and_a_reused_key_needs_the_same_body(inspection_stack):
+    """Issue 27: a second inspector posting an existing Idempotency-Key got 200 and the first
+    inspector's inspection back, and nothing was stored. Keys are scoped to the caller and
+    the endpoint (POST /inspections and its batches alike)."""
+    api = inspection_stack["api"]
+    subject, place = register(api)
+    wang = api.as_user("王芳", [("inspector", STREET)], subject="wangfang")
+    li = api.as_user("李强", [("inspector", STREET)], subject="liqiang")
+    mine = inspection_body(subject, place)
+    theirs = inspection_body(subject, place, inspectors=["李强"], note="复查")
+
+    first = wang.post("/inspections", mine, headers={"Idempotency-Key": "phone-0001"})
+    assert first.status_code == 201, first.text
+    # Another inspector's request under the same key is theirs, stored as theirs.
+    second = li.post("/inspections", theirs, headers={"Idempotency-Key": "phone-0001"})
+    assert second.status_code == 201, second.text
+    assert second.json()["inspection_id"] != first.json()["inspection_id"]
+    assert second.json()["inspectors"] == ["李强"]
+    # The same person's retry gets the stored inspection; the same key with another body is refused.
+    retry = wang.post("/inspections", mine, headers={"Idempotency-Key": "phone-0001"})
+    assert retry.status_code == 200 and retry.json()["inspection_id"] == first.json()["inspection_id"]
+    changed = wang.post("/inspections", {**mine, "inspectors": ["王芳"]}, headers={"Idempotency-Key": "phone-0001"})
+    assert changed.status_code == 409, changed.text
+    [error] = changed.json()["errors"]
+    assert error["field"] == "Idempotency-Key" and error["reason"].startswith("该幂等键（Idempotency-Key）")
+    assert counts(inspection_stack["database_url"])[0] == 2
+
+    # Batches: the same keys, the same scope.
+    replayed = wang.post("/inspection-batches", {"inspections": [{**mine, "idempotency_key": "phone-0001"}]})
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["results"][0]["inspection"]["inspection_id"] == first.json()["inspection_id"]
+    refused = wang.post("/inspection-batches", {"inspections": [{**theirs, "idempotency_key": "phone-0001"}]})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["errors"][0]["field"] == "inspections[0].idempotency_key"
+    own = api.as_user("赵敏", [("inspector", STREET)], subject="zhaomin").post(
+        "/inspection-batches", {"inspections": [{**mine, "idempotency_key": "phone-0001"}]})
+    assert own.status_code == 201, own.text
+    assert own.json()["results"][0]["inspection"]["inspection_id"] not in (
+        first.json()["inspection_id"], second.json()["inspection_id"])
+    assert counts(inspection_stack["database_url"])[0] == 3
+
+
 def test_concurrent_submissions_with_one_idempotency_key_make_one_row_and_one_event(inspection_stack, event_tap):
     """Ten phones' retries of one offline capture arrive at once (green threads, each with its
     own connection, against real PostgreSQL): one inspection, one event, every answer naming it."""
@@ -127,8 +170,7 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_row_and_one_ev
         answers = [client.post("/inspections", body)]
         # The loser of a race past the lookup is told to retry (409), and a retry finds the winner.
         while answers[-1].status_code == 409:
-            assert answers[-1].json()["errors"] == [{"field": "idempotency_key", "reason":
-                                                      "a concurrent request with this key is in progress; retry"}]
+            assert answers[-1].json()["errors"] == [{"field": "idempotency_key", "reason": KEY_IN_FLIGHT}]
             answers.append(client.post("/inspections", body))
         return answers
     pool = eventlet.GreenPool(10)

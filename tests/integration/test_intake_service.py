@@ -270,3 +270,25 @@ def test_an_unaccepted_anonymous_report_never_swallows_a_platforms_case(stack):
     assert (released["case_status"], released["merged_into"]) == ("routed", None), released
     assert released["status_notes"] != "不予受理：重复举报，已由数字城管受理"
     assert task_of(stack, swallowed_id)["status"] == "open"
+
+
+@pytest.mark.parametrize("requested", ["2000-01-01T00:00:00+08:00", "backdated 8 days", "tomorrow"])
+def test_a_platform_cannot_backdate_or_postdate_a_case(stack, requested):
+    """Issue 27: `requested_datetime: 2000-01-01` from a platform was accepted, overdue at once,
+    escalated and scored. A platform's instant is bounded like a person's."""
+    now = datetime.now().astimezone()
+    value = {"backdated 8 days": (now - timedelta(days=8)).isoformat(),
+             "tomorrow": (now + timedelta(days=1)).isoformat()}.get(requested, requested)
+    form = {"service_code": "0101", "description": "周家山路有暴露垃圾", "division_code": COMMUNITY,
+            "requested_datetime": value}
+    response = post_form(platform(stack["intake"]), form)
+    assert response.status_code == 422, response.text
+    [error] = [e for e in response.json()["errors"] if e["field"] == "requested_datetime"]
+    assert error["reason"].startswith(("不能早于", "不能晚于")), error
+    assert support.scalar(stack["database_url"], "select count(*) from intake_cases") == 0
+    # A case the platform registered an hour ago is taken with that time.
+    recent = (now - timedelta(hours=1)).replace(microsecond=0)
+    accepted = post_form(platform(stack["intake"]), {**form, "requested_datetime": recent.isoformat()})
+    assert accepted.status_code == 201, accepted.text
+    case = case_of(platform(stack["intake"]), accepted.json()[0]["service_request_id"])
+    assert datetime.fromisoformat(case["requested_datetime"]) == recent
