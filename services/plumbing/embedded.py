@@ -6,9 +6,10 @@ SQLite's C busy handler, which sleeps the whole OS thread — and with it the hu
 thread holding the write lock never gets the turn it needs to commit. Everything then stood
 still for the busy timeout (30 s), ended in `database is locked`, and began again.
 
-Here the services of a process take a green lock per database file before their first write
-statement of a transaction and hand it on when that transaction commits or rolls back (or its
-connection goes back to the pool): a writer waits for another writer as a green thread,
+Here the services take a lock per database file before their first write statement of a
+transaction (a green lock in a process, an flock polled green between the stack's processes)
+and hand it on when that transaction commits or rolls back (or its connection goes back to
+the pool): a writer waits for another writer as a green thread,
 readers are never held back (WAL: readers do not block the writer nor the writer them), and
 SQLite's own busy wait is left only for another process (an operator's tool), bounded by
 SQLITE_BUSY_TIMEOUT seconds. No nameko import: tools and tests use it as they are.
@@ -16,6 +17,7 @@ SQLITE_BUSY_TIMEOUT seconds. No nameko import: tools and tests use it as they ar
 from __future__ import annotations
 
 import logging
+import fcntl
 import re
 import sqlite3
 import threading
@@ -50,10 +52,13 @@ def _is_write(statement: str) -> bool:
 
 
 class WriterLock:
-    """One writing transaction at a time on one database file in this process."""
+    """One writing transaction at a time on one database file: among the green threads of this
+    process (a green lock) and among the processes of a stack (an flock on `<file>-writer.lock`,
+    polled without blocking, so waiting for another process is green too)."""
 
-    def __init__(self, wait: float = DEFAULT_WRITER_WAIT):
+    def __init__(self, wait: float = DEFAULT_WRITER_WAIT, path: str | None = None):
         self._lock = threading.Lock()  # a green lock under eventlet's monkey patching
+        self._file = open(f"{path}-writer.lock", "a+b") if path else None  # noqa: SIM115 - kept open
         self.wait = wait
         self.holder = None  # the DBAPI connection whose transaction holds it
         self.holder_thread: int | None = None
@@ -62,16 +67,40 @@ class WriterLock:
     def take(self, raw) -> None:
         if self.holder is raw:
             return
+        deadline = time.monotonic() + self.wait
         if not self._lock.acquire(timeout=self.wait):
             raise sqlite3.OperationalError(
                 f"database is locked: another writing transaction of this process held the embedded "
                 f"database for more than {self.wait:g} s")
+        try:
+            self._lock_file(deadline)
+        except BaseException:
+            self._lock.release()
+            raise
         self.holder, self.holder_thread, self.since = raw, threading.get_ident(), time.perf_counter()
         _HELD[self.holder_thread] = _HELD.get(self.holder_thread, 0) + 1
+
+    def _lock_file(self, deadline: float) -> None:
+        if self._file is None:
+            return
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"database is locked: another process of the stack held the embedded database for "
+                        f"more than {self.wait:g} s") from None
+                time.sleep(pause)  # a green sleep under eventlet's monkey patching
+                pause = min(pause * 2, 0.02)
 
     def give_back(self, raw) -> None:
         if raw is None or self.holder is not raw:
             return
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         thread, self.holder, self.holder_thread = self.holder_thread, None, None
         if _HELD.get(thread, 0) <= 1:
             _HELD.pop(thread, None)
@@ -100,7 +129,7 @@ def writer_lock(path: str, wait: float = DEFAULT_WRITER_WAIT) -> WriterLock:
     with _LOCKS_GUARD:
         lock = _LOCKS.get(key)
         if lock is None:
-            lock = _LOCKS[key] = WriterLock(wait)
+            lock = _LOCKS[key] = WriterLock(wait, key)
         return lock
 
 
@@ -119,6 +148,7 @@ def make_sqlite_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
                            **({} if not path or path == ":memory:" else {"pool_size": 8, "max_overflow": 16}))
     lock = writer_lock(path, writer_wait)
+    engine.writer_lock = lock  # for take_writer (what an advisory lock is on PostgreSQL)
     in_wal = []
 
     @event.listens_for(engine, "connect")
@@ -180,3 +210,13 @@ def _give_back_rolled_back(lock: WriterLock, dbapi_connection) -> None:
     except sqlite3.Error as exc:  # a broken connection: the pool discards it
         log.debug("rolling back a returned SQLite connection: %s", exc)
     lock.give_back(raw)
+
+
+def take_writer(connection) -> None:
+    """Hold the embedded database's writer lock for `connection`'s transaction from now on,
+    before it reads: what `pg_advisory_xact_lock` is on PostgreSQL (plumbing/sql.py). Work
+    that reads and then writes on what it read (migrations, the scorer's re-ranking) is then
+    serialised across the stack's processes as well as its green threads."""
+    lock = getattr(connection.engine, "writer_lock", None)
+    if lock is not None:
+        lock.take(_raw(connection.connection))

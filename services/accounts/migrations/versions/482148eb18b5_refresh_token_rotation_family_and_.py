@@ -1,7 +1,7 @@
 """refresh token rotation: family and replaced_at
 
 Revision ID: 482148eb18b5
-Revises: 7fefa569d70e
+Revises: ced4c3621447
 Create Date: 2026-12-08 02:06:02.782224
 """
 from alembic import op
@@ -11,7 +11,7 @@ import services.plumbing.sql
 
 
 revision = '482148eb18b5'
-down_revision = '7fefa569d70e'
+down_revision = 'ced4c3621447'
 branch_labels = None
 depends_on = None
 
