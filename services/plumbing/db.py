@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.plumbing import audit
 from services.plumbing.sql import advisory_xact_lock
 from services.plumbing.config import database_url, home_node
-from services.plumbing.embedded import DEFAULT_BUSY_TIMEOUT, DEFAULT_WRITER_WAIT, make_sqlite_engine
+from services.plumbing.embedded import DEFAULT_BUSY_TIMEOUT, DEFAULT_WRITER_WAIT, make_sqlite_engine, take_writer
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,9 @@ def run_migrations(engine: Engine, migrations_dir: str | Path, version_table: st
     with _MIGRATION_LOCK, engine.begin() as connection:
         # Two instances starting together must not both create the tables.
         advisory_xact_lock(connection, version_table)
+        # The stack's processes share the embedded database: the whole migration (its reads
+        # of the version table included) under its writer lock.
+        take_writer(connection)
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 

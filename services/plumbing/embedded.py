@@ -148,7 +148,7 @@ def make_sqlite_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
                            **({} if not path or path == ":memory:" else {"pool_size": 8, "max_overflow": 16}))
     lock = writer_lock(path, writer_wait)
-    engine.writer_lock = lock  # for take_writer (what an advisory lock is on PostgreSQL)
+    engine.writer_lock = lock  # for take_writer
     in_wal = []
 
     @event.listens_for(engine, "connect")
@@ -214,9 +214,8 @@ def _give_back_rolled_back(lock: WriterLock, dbapi_connection) -> None:
 
 def take_writer(connection) -> None:
     """Hold the embedded database's writer lock for `connection`'s transaction from now on,
-    before it reads: what `pg_advisory_xact_lock` is on PostgreSQL (plumbing/sql.py). Work
-    that reads and then writes on what it read (migrations, the scorer's re-ranking) is then
-    serialised across the stack's processes as well as its green threads."""
+    before it reads (a no-op on another database): migrations read the version table and then
+    create what it lacks, and two of the stack's processes must not both do that."""
     lock = getattr(connection.engine, "writer_lock", None)
     if lock is not None:
         lock.take(_raw(connection.connection))

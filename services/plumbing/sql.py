@@ -6,8 +6,9 @@
 - Upserts: `insert_for(bind)` is the dialect's INSERT with ON CONFLICT support;
   `insert_ignore` inserts a row unless its key exists.
 - Locks: `advisory_xact_lock(bind, key)` serialises work across instances on PostgreSQL
-  until the transaction ends; on SQLite it takes the database's single writer lock at once
-  (plumbing/embedded.py), before the transaction reads what it will write on.
+  until the transaction ends; SQLite has a single writer already (plumbing/embedded.py: taken
+  at a transaction's first write, so a lock taken here would hold every writer back while the
+  transaction still reads and computes).
 """
 from __future__ import annotations
 
@@ -72,7 +73,4 @@ def binary_collation(bind) -> str:
 def advisory_xact_lock(bind, key: str) -> None:
     if is_postgres(bind):
         bind.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
-    elif dialect_name(bind) == "sqlite":
-        from sqlalchemy.orm import Session
-        from services.plumbing.embedded import take_writer
-        take_writer(bind.connection() if isinstance(bind, Session) else bind)
+
