@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.contracts.nodes import is_within
+from services.contracts.nodes import is_within, subtree_prefix
 from services.contracts.periods import Period, PeriodKind
 from services.scoring.models import PeriodScore, ReleasedInspection, ScoreInputRow, Subject
 from services.scoring.operations.context import CHILD, UNANNOUNCED, Context, PrincipalLike, on_inspecting_side
@@ -39,14 +39,20 @@ class Secret:
     periods: dict
 
 
-def secrets_for(session: Session, principal: PrincipalLike) -> list[Secret]:
-    """The unreleased 暗访 hidden from this reader (few: an office releases its visits)."""
-    rows = session.execute(
-        select(ScoreInputRow.inspection_id, ScoreInputRow.subject_id, ScoreInputRow.inspecting_node,
-               Subject.subject_type, Subject.node, *(getattr(ScoreInputRow, c) for c in PERIOD_COLUMNS))
-        .join(Subject, Subject.subject_id == ScoreInputRow.subject_id)
-        .outerjoin(ReleasedInspection, ReleasedInspection.inspection_id == ScoreInputRow.inspection_id)
-        .where(ScoreInputRow.kind == UNANNOUNCED, ReleasedInspection.inspection_id.is_(None))).all()
+def secrets_for(session: Session, principal: PrincipalLike, period: Period | None = None,
+                within: str | None = None) -> list[Secret]:
+    """The unreleased 暗访 hidden from this reader (few: an office releases its visits), of
+    one period and of subjects within one node if asked (what a read can be touched by)."""
+    stmt = (select(ScoreInputRow.inspection_id, ScoreInputRow.subject_id, ScoreInputRow.inspecting_node,
+                   Subject.subject_type, Subject.node, *(getattr(ScoreInputRow, c) for c in PERIOD_COLUMNS))
+            .join(Subject, Subject.subject_id == ScoreInputRow.subject_id)
+            .outerjoin(ReleasedInspection, ReleasedInspection.inspection_id == ScoreInputRow.inspection_id)
+            .where(ScoreInputRow.kind == UNANNOUNCED, ReleasedInspection.inspection_id.is_(None)))
+    if period is not None:
+        stmt = stmt.where(getattr(ScoreInputRow, str(period.kind)) == period.key)
+    if within is not None:
+        stmt = stmt.where(Subject.node.like(f"{subtree_prefix(within)}%"))
+    rows = session.execute(stmt).all()
     return [Secret(r.inspection_id, r.subject_id, r.subject_type, r.node, {c: getattr(r, c) for c in PERIOD_COLUMNS})
             for r in rows if not on_inspecting_side(principal, r.inspecting_node)]
 
@@ -92,12 +98,13 @@ def _placed(session: Session, figure: dict, score: float | None, inputs: int, mi
 
 
 def as_seen(session: Session, ctx: Context, principal: PrincipalLike, figures: list[dict],
-            with_explain: bool = False) -> list[dict]:
+            with_explain: bool = False, secrets: list[Secret] | None = None) -> list[dict]:
     """`figures` (figure_out dicts) as this reader may see them: unchanged for the inspecting
     side and wherever no unreleased 暗访 is hidden from the reader; otherwise computed without
     it (its explanation too, under "explain", if `with_explain`), or held back (see above).
     Figures left with nothing in them are dropped."""
-    secrets = secrets_for(session, principal) if figures else []
+    if secrets is None:
+        secrets = secrets_for(session, principal) if figures else []
     if not secrets:
         return figures
     out, scorer = [], None

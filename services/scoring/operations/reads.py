@@ -63,16 +63,16 @@ def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, perio
     it had not happened (`embargo`)."""
     answer = stored_ranking_json(session, ctx, principal, period_key, tier, subject_type, cache)
     period = domain.parse_period(period_key, "query.period")
-    secrets = [x for x in secrets_for(session, principal) if x.periods.get(str(period.kind)) == period.key]
-    return _embargoed(session, ctx, principal, answer) if secrets else answer
+    secrets = secrets_for(session, principal, period)
+    return _embargoed(session, ctx, principal, answer, secrets) if secrets else answer
 
 
-def _embargoed(session: Session, ctx: Context, principal: PrincipalLike, answer: str) -> str:
+def _embargoed(session: Session, ctx: Context, principal: PrincipalLike, answer: str, secrets: list) -> str:
     """The ranking document with each figure as `as_seen` shows it to this reader, re-sorted."""
     doc = json.loads(answer)
     figures = doc["ranking"] + doc["below_minimum_sample"]
     was = {f["subject_id"]: (f.pop("why_unranked", None), f["ranked"]) for f in figures}
-    seen = as_seen(session, ctx, principal, figures)
+    seen = as_seen(session, ctx, principal, figures, secrets=secrets)
     doc["peers"] += sum(int(f["ranked"]) for f in seen) - sum(int(r) for _, r in was.values())
     ranked = sorted((f for f in seen if f["ranked"]), key=lambda f: (f["rank"], f["name"], f["subject_id"]))
     below = []
@@ -224,7 +224,8 @@ def history(session: Session, ctx: Context, principal: PrincipalLike, subject_id
     order = {str(k): i for i, k in enumerate(domain.KIND_ORDER)}
     rows.sort(key=lambda r: (order[r.period_kind], r.period))
     # A reader on the inspected side sees no figure move for a 暗访 not yet released (embargo).
-    figures = as_seen(session, ctx, principal, [figure_out(r) for r in rows])
+    figures = as_seen(session, ctx, principal, [figure_out(r) for r in rows],
+                      secrets=secrets_for(session, principal, within=subject.node) if rows else [])
     return {"subject_id": subject.subject_id, "node": subject.node, "name": subject.name,
             "subject_type": subject.subject_type, "tier": subject.tier, "scores": mark_stale(session, ctx, figures)}
 
@@ -266,7 +267,8 @@ def explain(session: Session, ctx: Context, principal: PrincipalLike, subject_id
         raise UnknownReference("period", f"no score for {subject.subject_id} in {period.key}")
     # A reader on the inspected side sees the figure as if an unreleased 暗访 had not happened
     # (or held back, see embargo); none left: no score, as before the visit.
-    seen = as_seen(session, ctx, principal, [figure_out(row)], with_explain=True)
+    seen = as_seen(session, ctx, principal, [figure_out(row)], with_explain=True,
+                   secrets=secrets_for(session, principal, period, within=subject.node))
     if not seen:
         raise UnknownReference("period", f"no score for {subject.subject_id} in {period.key}")
     [figure] = seen
