@@ -408,6 +408,11 @@ def test_unannounced_inspections_are_withheld_from_the_subject_until_released(st
     held = subject_side[-1].get(street).json()  # the street's rectifier: the roll-up holds the 暗访
     assert held["score"] is None and held["held_back"] and "本期得分待发布" in held["held_back_reason"]
     assert held["explain"] == {"held_back": held["held_back_reason"], "recomputes": []}
+    board = subject_side[-1].get("/rankings", params={"period": THIS_MONTH.key, "tier": "street"}).json()
+    [row] = [f for f in board["ranking"] + board["below_minimum_sample"] if f["subject_id"] == STREET]
+    assert row["score"] is None and row["held_back"] and row["why_unranked"].startswith("本期得分待发布")
+    listed = {(f["period_kind"], f["period"]): f for f in subject_side[-1].get(f"/subjects/{STREET}/scores").json()["scores"]}
+    assert listed[("month", THIS_MONTH.key)]["held_back"] and listed[("month", THIS_MONTH.key)]["score"] is None
     shown = inspecting[0].get(street).json()
     assert shown["score"] == 88.0 and not shown["held_back"]
 
