@@ -140,7 +140,7 @@ def photo_refs(evidence: list[dict] | None, shown_in: str) -> list[dict]:
 def explain_rows(explain: dict) -> list[tuple[str, str]]:
     """A score's explanation as label/value lines (the service's own keys, shown as they are)."""
     labels = {"inspections": "检查记录", "weights": "权重", "months": "各月", "children": "下级", "appraisal": "综合评议",
-              "vetoes": "一票否决", "policy": "考评办法"}
+              "vetoes": "一票否决", "policy": "考评办法", "held_back": "待发布"}
     rows = []
     for key, value in explain.items():
         rows.append((labels.get(key, key), value))

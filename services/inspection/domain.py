@@ -10,7 +10,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from services.contracts.bounds import not_in_future
 from services.contracts.errors import RuleViolation
-from services.contracts.identity import Principal
+from services.contracts.identity import INSPECTOR, Principal
 from services.contracts.checklists import Checklist, ChecklistCategory, ChecklistItem, ChecklistLookupError
 from services.contracts.nodes import subtree_prefix
 
@@ -84,12 +84,17 @@ def on_inspecting_side(caller: Principal, inspecting_node: str) -> bool:
 
 
 def may_see_inspection(caller: Principal, *, kind: str, subject_node: str, inspecting_node: str,
-                       released: bool) -> bool:
+                       released: bool, draft: bool = False) -> bool:
     """An inspection is seen by whoever sees its subject's node, except an unannounced one
-    (暗访), drafts included: only the inspecting side sees it until the office releases it."""
+    (暗访), drafts included: only the inspecting side sees it until the office releases it.
+    A draft of any kind is the inspecting office's work in progress, not a finding yet: the
+    subject side (its rectifiers and viewers) never sees one; besides the inspecting side,
+    only an inspector who may inspect the subject sees it (it may finish and submit it)."""
     if on_inspecting_side(caller, inspecting_node):
         return True
     if not caller.sees(subject_node):
+        return False
+    if draft and not caller.holds(INSPECTOR, subject_node):
         return False
     return kind != UNANNOUNCED or released
 

@@ -1,6 +1,10 @@
 from prometheus_client import Counter, Histogram
 
-INSPECTIONS_SUBMITTED = Counter("chuangwei_inspections_submitted_total", "Inspections submitted", ["kind"])
+# /metrics is public: an unannounced inspection (暗访) is counted here when its office
+# releases it, not when it is submitted (a kind="unannounced" sample moving would tell its
+# subject of the visit). Operators read 暗访 counts as released ones.
+INSPECTIONS_SUBMITTED = Counter("chuangwei_inspections_submitted_total",
+                                "Inspections submitted (暗访: counted on release)", ["kind"])
 INSPECTION_SCORES = Histogram("chuangwei_inspection_score", "Scores of submitted inspections (100-point scale)",
                               ["checklist"], buckets=(50, 60, 70, 80, 85, 90, 95, 100))
 HISTORY_IMPORTED = Counter("chuangwei_history_imported_total",

@@ -190,7 +190,8 @@ class _Seen:
 
     def visible_to(self, caller: Principal) -> bool:
         return may_see_inspection(caller, kind=self.insp.kind, subject_node=self.subject_node,
-                                  inspecting_node=self.inspecting_node, released=self.insp.released_at is not None)
+                                  inspecting_node=self.inspecting_node, released=self.insp.released_at is not None,
+                                  draft=self.insp.status == "draft")
 
 
 def inspection_out(insp: Inspection, catalogue: Catalogue, caller: Principal, home: str) -> InspectionOut:
@@ -495,6 +496,10 @@ def list_inspections(session: Session, query: ListQuery, catalogue: Catalogue, c
             .where(or_(on_inspecting_side, _reach(caller, Subject.node, None)))
             # 暗访 and its drafts: nobody but the inspecting side until released.
             .where(or_(Inspection.kind != UNANNOUNCED, Inspection.released_at.is_not(None), on_inspecting_side))
+            # Drafts of any kind: the inspecting side and inspectors of the subject only (the
+            # subject's rectifiers and viewers see findings once they are submitted).
+            .where(or_(Inspection.status != "draft", on_inspecting_side,
+                       _within_any(Subject.node, caller.nodes_with((INSPECTOR,)))))
             .order_by(Inspection.inspected_at.desc(), Inspection.id))
     if query.node:
         caller.require_sees(query.node, "query.node")

@@ -28,6 +28,7 @@ from services.contracts.nodes import NodeCode, is_within
 from services.contracts.periods import CST, Period, PeriodKind
 from services.contracts.vocab import PlaceType, SubjectType
 from services.inspection import metrics
+from services.inspection.domain import UNANNOUNCED
 from services.inspection.models import Inspection, MissedCheck, Place, Schedule, Subject
 from services.plumbing.sql import insert_ignore
 
@@ -200,12 +201,23 @@ def targets_of(session: Session, schedule: Schedule) -> list[Target]:
             if is_within(s.node, schedule.node) and s.node != schedule.node]
 
 
-def _inspected(session: Session, target: Target, start: datetime, end: datetime) -> datetime | None:
+def _inspected(session: Session, target: Target, start: datetime, end: datetime,
+               reader: Principal | None = None, office: str | None = None) -> datetime | None:
+    """When the target was last inspected in [start, end). For a `reader` (someone asking
+    GET /schedules/due), an unreleased unannounced inspection (暗访) counts only if the reader
+    is on its inspecting side: otherwise "checked" and its time would tell the subject of the
+    visit before the office releases it. `office`: the inspecting node of rows from before it
+    was recorded (the schedule's office)."""
     column = Inspection.place_id if target.kind == "place" else Inspection.subject_id
-    row = session.execute(select(Inspection.inspected_at).where(
+    rows = session.execute(select(Inspection.inspected_at, Inspection.kind, Inspection.released_at,
+                                  Inspection.inspecting_node).where(
         column == target.id, Inspection.status == "submitted", Inspection.inspected_at >= start,
-        Inspection.inspected_at < end).order_by(Inspection.inspected_at.desc()).limit(1)).first()
-    return row[0] if row else None
+        Inspection.inspected_at < end).order_by(Inspection.inspected_at.desc()))
+    for inspected_at, kind, released_at, inspecting_node in rows:
+        if (reader is None or kind != UNANNOUNCED or released_at is not None
+                or reader.on_inspecting_side(inspecting_node or office)):
+            return inspected_at
+    return None
 
 
 def due_checks(session: Session, caller: Principal, now: datetime, node: str | None = None) -> list[DueOut]:
@@ -219,9 +231,9 @@ def due_checks(session: Session, caller: Principal, now: datetime, node: str | N
         for target in targets_of(session, schedule):
             if not caller.sees(target.node) or (node is not None and not is_within(target.node, node)):
                 continue
-            checked_at = _inspected(session, target, current.start, current.end)
+            checked_at = _inspected(session, target, current.start, current.end, caller, schedule.node)
             missed = (previous.start >= window(schedule.frequency, schedule.starts_at).start
-                      and _inspected(session, target, previous.start, previous.end) is None)
+                      and _inspected(session, target, previous.start, previous.end, caller, schedule.node) is None)
             out.append(DueOut(schedule_id=schedule.id, schedule_name=schedule.name, frequency=schedule.frequency,
                               period=current.key, due_by=current.end, target_kind=target.kind,
                               target_id=target.id, target_name=target.name, target_node=target.node,

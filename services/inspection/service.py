@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 from services.contracts.errors import RuleViolation
 
 from services.inspection import imports, metrics, operations as ops, schedules
+from services.inspection.domain import UNANNOUNCED
 from services.inspection.models import outbox as outbox_table
 from services.inspection.schemas import (BatchItemOut, ImportIn, ImportOut, InspectionBatchIn, InspectionBatchOut,
                                          InspectionIn, InspectionOut, ListQuery, NodeQuery, PlaceCreate, PlaceOut,
@@ -54,10 +55,18 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
 
     @staticmethod
     def _count_submitted(inspection: InspectionOut) -> InspectionOut:
-        # Counted after the commit: a rolled-back submission is not a submission.
+        # Counted after the commit: a rolled-back submission is not a submission. An unreleased
+        # 暗访 is not counted yet: /metrics is public, and a kind="unannounced" sample moving
+        # would tell its subject a visit happened. It is counted when its office releases it.
+        # The score histogram likewise (its count would move alone).
+        if inspection.kind != UNANNOUNCED or inspection.released_at is not None:
+            InspectionService._count(inspection)
+        return inspection
+
+    @staticmethod
+    def _count(inspection: InspectionOut) -> None:
         metrics.INSPECTIONS_SUBMITTED.labels(inspection.kind).inc()
         metrics.INSPECTION_SCORES.labels(inspection.checklist.code).observe(inspection.score)
-        return inspection
 
     def _jurisdiction(self) -> ops.Jurisdiction:
         return ops.Jurisdiction(self.identity.home, self.identity.tree)
@@ -277,9 +286,13 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
          description="Inspectors or administrators of the inspecting office. Publishes inspection_released "
                      "once; releasing again changes nothing (200). Other kinds → 409.")
     def release_inspection(self, request, inspection_id, principal: Principal):
+        now = ops._now()
         with self.db.transaction() as session:
-            return ops.release_inspection(session, inspection_id, self.catalogue, self._jurisdiction(),
-                                          self.outbox, principal)
+            result = ops.release_inspection(session, inspection_id, self.catalogue, self._jurisdiction(),
+                                            self.outbox, principal, now)
+        if result.released_at == now:  # released by this call (a repeated release counts nothing)
+            self._count(result)
+        return result
 
     @api("GET", "/inspections", query=ListQuery, response=list[InspectionOut], access=signed_in(),
          summary="检查记录 List inspections",

@@ -144,6 +144,10 @@ class FigureOut(BaseModel):
     stale: bool = Field(default=False, description="built from a child stack's report, and that child has been "
                                                    "silent longer than the policy's rollup.stale_after_hours")
     stale_reason: str | None = Field(default=None, examples=["金牛山街道 (411502008000) 自 2026-11-20 16:00 起未上报"])
+    held_back: bool = Field(default=False, description="withheld from this reader: a figure below it holds an "
+                                                        "unannounced inspection (暗访) its office has not released")
+    held_back_reason: str | None = Field(default=None, examples=["本期得分待发布 (this period's figure is held back "
+                                                                 "until the inspecting office releases its results)"])
 
 
 class UnrankedOut(FigureOut):

@@ -245,3 +245,46 @@ def test_silent_renewal_rotates_the_refresh_cookie_and_survives_a_race(stack):
         page = requests.get(f"{stack.console}/ledger", cookies={"cw_access": answer.cookies["cw_access"],
                                                                "cw_refresh": renewed}, timeout=30)
         assert page.status_code == 200 and "整改台账" in page.text
+
+
+def test_the_dashboard_counts_no_unreleased_unannounced_inspection_for_the_subject_side(stack):
+    """检查次数 on the dashboard is the scoring figure's input count, read with the signed-in
+    person's token: the community's rectifier must not see it grow for a 暗访 its office has
+    not released; the office counts it."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests import support
+    from tests.integration.console_stack import COMMUNITY
+    inspector = stack.api("inspection", "wangfang")
+    when = (datetime.now(timezone.utc) - timedelta(minutes=10)).isoformat()
+    made = []
+    for kind in ("routine", "routine", "unannounced"):
+        response = inspector.post("/inspections", {
+            "kind": kind, "subject_id": stack.known["subject"]["subject_id"],
+            "checklist": {"version": "2010.1", "code": "national-ten-areas"}, "inspectors": ["王芳"],
+            "inspected_at": when, "results": []})
+        assert response.status_code == 201, response.text
+        made.append(response.json())
+    scoring = stack.api("scoring", "zhangwei")
+    month = datetime.now(timezone(timedelta(hours=8))).strftime("%Y-%m")
+
+    def office_inputs():
+        answer = scoring.get(f"/subjects/{COMMUNITY}/scores/{month}")
+        return answer.json()["inputs"] if answer.status_code == 200 else 0
+    support.wait_until(lambda: office_inputs() >= 3, message="the three inspections scored")
+    office = office_inputs()
+
+    def counted(username) -> int:
+        session, _ = signed_in(stack, username)
+        page = session.get(f"{stack.console}/", timeout=30)
+        assert page.status_code == 200, page.text
+        row = re.search(r'周家山社区</a></td>\s*<td class="score">[^<]*</td><td>[^<]*</td><td>[^<]*</td><td>(\d+)</td>',
+                        page.text)
+        assert row, page.text
+        return int(row.group(1))
+
+    assert counted("zhangwei") == office
+    assert counted("zhoujie") == office - 1  # the 暗访 is not there for the subject
+    released = inspector.post(f"/inspections/{made[-1]['inspection_id']}/release")
+    assert released.status_code == 200, released.text
+    support.wait_until(lambda: counted("zhoujie") == office, message="the release reaches scoring")

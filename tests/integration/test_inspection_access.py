@@ -255,3 +255,54 @@ def test_routine_inspections_are_the_subjects_to_see_at_once(inspection_stack):
     routine = rectifier.get(f"/inspections/{state['routine']['inspection_id']}").json()
     assert routine["inspectors"] == ["王芳", "李强"] and routine["redacted"] == []
     assert {i["kind"] for i in rectifier.get("/inspections").json()} == {"routine"}
+
+
+def test_a_draft_is_never_shown_to_the_subject_side(inspection_stack):
+    """A draft (here a routine one) is the office's work in progress: the subject's rectifiers
+    and viewers neither read nor list it; the office and the subject's inspectors do."""
+    api = inspection_stack["api"]
+    state = seed(api)
+    draft_id = state["draft"]["inspection_id"]
+    for who in (api.as_user("赵敏", [(R, COMMUNITY)]), api.as_user("钱进", [(V, COMMUNITY)]),
+                api.as_user("孙丽", [(A, COMMUNITY)])):
+        assert who.get(f"/inspections/{draft_id}").status_code == 404  # as if it did not exist
+        for params in ({}, {"status": "draft"}, {"subject_id": state["subject"]["subject_id"]}, {"node": COMMUNITY}):
+            listed = who.get("/inspections", params=params)
+            assert listed.status_code == 200, listed.text
+            assert draft_id not in {i["inspection_id"] for i in listed.json()}, params
+            assert all(i["status"] == "submitted" for i in listed.json()), params
+        # The submitted routine check is theirs to see at once.
+        assert who.get(f"/inspections/{state['routine']['inspection_id']}").status_code == 200
+    for who in (api.as_user("王芳", [(I, STREET)]), api.as_user("周敏", [(V, STREET)]),
+                api.as_user("李强", [(I, COMMUNITY)])):
+        assert who.get(f"/inspections/{draft_id}").status_code == 200
+        assert draft_id in {i["inspection_id"] for i in who.get("/inspections", params={"status": "draft"}).json()}
+
+
+def test_the_public_metrics_count_an_unannounced_inspection_only_once_released(inspection_stack):
+    """/metrics answers anyone: a kind="unannounced" sample moving at submission would tell the
+    subject of a visit. A 暗访 is counted (and its score observed) when released, once."""
+    from prometheus_client import REGISTRY
+
+    def sample(name, labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def counted():
+        return (sample("chuangwei_inspections_submitted_total", {"kind": "unannounced"}),
+                sample("chuangwei_inspections_submitted_total", {"kind": "routine"}),
+                sample("chuangwei_inspection_score_count", {"checklist": "public-toilet"}))
+
+    api = inspection_stack["api"]
+    before = counted()
+    state = seed(api)  # one routine submitted, one routine draft, one 暗访 submitted
+    assert counted() == (before[0], before[1] + 1, before[2] + 1)
+    public = api.anonymous().get("/metrics")
+    assert public.status_code == 200
+    line = 'chuangwei_inspections_submitted_total{kind="unannounced"}'
+    shown = [x for x in public.text.splitlines() if x.startswith(line)]
+    assert all(float(x.split()[-1]) == before[0] for x in shown), shown
+    released = api.post(f"/inspections/{state['unannounced']['inspection_id']}/release")
+    assert released.status_code == 200, released.text
+    assert counted() == (before[0] + 1, before[1] + 1, before[2] + 2)
+    assert api.post(f"/inspections/{state['unannounced']['inspection_id']}/release").status_code == 200
+    assert counted() == (before[0] + 1, before[1] + 1, before[2] + 2)  # a repeated release counts nothing

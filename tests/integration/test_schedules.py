@@ -84,3 +84,49 @@ def test_a_missed_weekly_check_is_flagged_once_as_due_metric_and_notice(street):
     assert "华森社区" in notice["title"] and week.key in notice["title"]
     assert "社区每周检查" in notice["body_markdown"]
     assert notify.get("/notifications", params={"node": CHECKED}).json() == []
+
+
+def test_an_unreleased_unannounced_check_is_not_due_news_to_the_subject(street):
+    """GET /schedules/due must not tell the subject side of a 暗访 before its release: for them
+    the target is unchecked, without the visit's time (and so would be "missed" when the period
+    ends). The office sees it checked; after the release, everyone does."""
+    inspection = street["inspection"]
+    subject = inspection.post("/subjects", {"subject_type": "child_unit", "node": CHECKED, "name": "周家山社区"})
+    assert subject.status_code == 201, subject.text
+    subject = subject.json()
+    now = datetime.now(timezone.utc)
+    week = Period.containing(PeriodKind.week, now.astimezone(CST))
+    week_start = week.instants()[0].astimezone(timezone.utc)
+    schedule = inspection.post("/schedules", {"node": STREET, "name": "社区每周检查", "frequency": "weekly",
+                                              "subject_type": "child_unit", "inspectors": ["王芳"],
+                                              "starts_at": week_start.isoformat()})
+    assert schedule.status_code == 201, schedule.text
+    visited = max(week_start + timedelta(minutes=1), now - timedelta(minutes=5))
+    secret = inspection.post("/inspections", {
+        "kind": "unannounced", "subject_id": subject["subject_id"],
+        "checklist": {"version": "2010.1", "code": "national-ten-areas"}, "inspectors": ["王芳"],
+        "inspected_at": visited.isoformat(), "results": []})
+    assert secret.status_code == 201, secret.text
+
+    def due_for(caller) -> dict:
+        answer = caller.get("/schedules/due")
+        assert answer.status_code == 200, answer.text
+        [row] = [d for d in answer.json() if d["target_id"] == subject["subject_id"]]
+        return row
+
+    subject_side = [inspection.as_user("赵敏", [("rectifier", CHECKED)]),
+                    inspection.as_user("钱进", [("viewer", CHECKED)]),
+                    inspection.as_user("孙丽", [("administrator", CHECKED)]),
+                    inspection.as_user("街道整改人", [("rectifier", STREET)])]
+    office = [inspection.as_user("王芳", [("inspector", STREET)]), inspection.as_user("周敏", [("viewer", STREET)])]
+    for caller in subject_side:
+        row = due_for(caller)
+        assert row["checked"] is False and row["last_inspected_at"] is None, row
+    for caller in office:
+        row = due_for(caller)
+        assert row["checked"] is True and row["last_inspected_at"] is not None, row
+
+    released = inspection.post(f"/inspections/{secret.json()['inspection_id']}/release")
+    assert released.status_code == 200, released.text
+    for caller in subject_side:
+        assert due_for(caller)["checked"] is True

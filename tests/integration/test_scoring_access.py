@@ -378,8 +378,43 @@ def test_unannounced_inspections_are_withheld_from_the_subject_until_released(st
         shown = inspections(caller)
         assert secret not in shown and len(shown) == 1  # not released: not there at all
         assert [i["inspectors"] for i in shown.values()] == [["王芳", "李强"]]  # a routine check's are known
-    # The score still counts it: (96 + 80) / 2 = 88, for everyone.
-    assert subject_side[0].get(path).json()["score"] == 88.0 and subject_side[0].get(path).json()["inputs"] == 2
+    # The office's figures count it: (96 + 80) / 2 = 88. The subject side's move for nothing
+    # it has not been told of: week and month, explanation, history and ranking read as if the
+    # visit had not happened (96, one input), and the street's roll-up of it is held back.
+    week = Period.containing(PeriodKind.week, day_in(THIS_MONTH, 2))
+    same_week = Period.containing(PeriodKind.week, day_in(THIS_MONTH, 1)) == week
+
+    def figures(caller) -> dict:
+        month = caller.get(path).json()
+        history = caller.get(f"/subjects/{COMM}/scores").json()["scores"]
+        listed = {(f["period_kind"], f["period"]): (f["score"], f["inputs"]) for f in history}
+        ranking = caller.get("/rankings", params={"period": THIS_MONTH.key}).json()
+        [row] = [f for f in ranking["ranking"] + ranking["below_minimum_sample"] if f["subject_id"] == COMM]
+        weekly = caller.get(f"/subjects/{COMM}/scores/{week.key}")
+        return {"month": (month["score"], month["inputs"]), "listed": listed[("month", THIS_MONTH.key)],
+                "ranking": (row["score"], row["inputs"]), "listed_week": listed.get(("week", week.key)),
+                "week": (weekly.json()["score"], weekly.json()["inputs"]) if weekly.status_code == 200 else None}
+
+    for caller in inspecting:
+        assert figures(caller) == {"month": (88.0, 2), "listed": (88.0, 2), "ranking": (88.0, 2),
+                                   "listed_week": (88.0, 2) if same_week else (80.0, 1),
+                                   "week": (88.0, 2) if same_week else (80.0, 1)}
+    for caller in subject_side:
+        assert figures(caller) == {"month": (96.0, 1), "listed": (96.0, 1), "ranking": (96.0, 1),
+                                   "listed_week": (96.0, 1) if same_week else None,
+                                   "week": (96.0, 1) if same_week else None}, caller
+        assert caller.get(path).json()["explain"]["inspections"][0]["score"] == 96
+    street = f"/subjects/{STREET}/scores/{THIS_MONTH.key}"
+    held = subject_side[-1].get(street).json()  # the street's rectifier: the roll-up holds the 暗访
+    assert held["score"] is None and held["held_back"] and "本期得分待发布" in held["held_back_reason"]
+    assert held["explain"] == {"held_back": held["held_back_reason"], "recomputes": []}
+    board = subject_side[-1].get("/rankings", params={"period": THIS_MONTH.key, "tier": "street"}).json()
+    [row] = [f for f in board["ranking"] + board["below_minimum_sample"] if f["subject_id"] == STREET]
+    assert row["score"] is None and row["held_back"] and row["why_unranked"].startswith("本期得分待发布")
+    listed = {(f["period_kind"], f["period"]): f for f in subject_side[-1].get(f"/subjects/{STREET}/scores").json()["scores"]}
+    assert listed[("month", THIS_MONTH.key)]["held_back"] and listed[("month", THIS_MONTH.key)]["score"] is None
+    shown = inspecting[0].get(street).json()
+    assert shown["score"] == 88.0 and not shown["held_back"]
 
     # Released: the subject side sees it, never its inspectors.
     publish(amqp, released(COMM, secret))
@@ -389,6 +424,9 @@ def test_unannounced_inspections_are_withheld_from_the_subject_until_released(st
         assert shown["inspectors"] is None and shown["score"] == 80 and "暗访员" not in str(shown)
         assert "暗访员" not in caller.get(path).text
     assert inspections(inspecting[0])[secret]["inspectors"] == ["暗访员甲", "暗访员乙"]
+    for caller in subject_side:  # released: the figures are everyone's
+        assert figures(caller)["month"] == (88.0, 2) and figures(caller)["ranking"] == (88.0, 2)
+    assert subject_side[-1].get(street).json()["score"] == 88.0
 
     # A release may arrive before the submission it releases.
     publish(amqp, released(COMM, early))

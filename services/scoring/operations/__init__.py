@@ -13,7 +13,7 @@ How a change flows (`Scorer`):
 4. every row whose published figure (score, grade, rank, movement, vetoes, inputs, policy)
    differs from the last one published gets a new revision and a score_published event.
 
-Split by capability: `context`, `policies`, `scorer`, `children`, `events`, `entries`, `reads`. Everything is re-exported here.
+Split by capability: `context`, `policies`, `scorer`, `children`, `events`, `entries`, `reads`, `embargo`. Everything is re-exported here.
 """
 from services.scoring.operations.context import *  # noqa: F401,F403
 from services.scoring.operations.policies import *  # noqa: F401,F403
@@ -22,4 +22,5 @@ from services.scoring.operations.children import *  # noqa: F401,F403
 from services.scoring.operations.events import *  # noqa: F401,F403
 from services.scoring.operations.entries import *  # noqa: F401,F403
 from services.scoring.operations.reads import *  # noqa: F401,F403
+from services.scoring.operations.embargo import *  # noqa: F401,F403
 from services.scoring.operations.context import _now, _check_node  # noqa: F401

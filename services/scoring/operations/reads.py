@@ -19,6 +19,7 @@ from services.scoring.operations.context import (CHILD, UNANNOUNCED, PrincipalLi
                                                  on_inspecting_side, _now)
 from services.scoring.operations.scorer import Scorer, resolve_subject, score_row, figure_out
 from services.scoring.operations.children import silence
+from services.scoring.operations.embargo import HELD_BACK, as_seen, secrets_for
 from services.scoring.operations.entries import recompute_out
 from services.scoring.operations.ranking_cache import RankingCache
 from services.scoring.schemas import FigureOut, UnrankedOut
@@ -56,6 +57,47 @@ def mark_stale(session: Session, ctx: Context, figures: list[dict], now: datetim
 
 def ranking_json(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
                  subject_type: str, cache: RankingCache | None = None) -> str:
+    """A tier's ranking for a period as the JSON document GET /rankings answers (RankingOut),
+    as this reader may see it: the stored ranking (`stored_ranking_json`, cached), except that
+    a reader on the inspected side of an unreleased 暗访 sees the figures it touches as if
+    it had not happened (`embargo`)."""
+    answer = stored_ranking_json(session, ctx, principal, period_key, tier, subject_type, cache)
+    period = domain.parse_period(period_key, "query.period")
+    secrets = secrets_for(session, principal, period)
+    return _embargoed(session, ctx, principal, answer, secrets) if secrets else answer
+
+
+def _embargoed(session: Session, ctx: Context, principal: PrincipalLike, answer: str, secrets: list) -> str:
+    """The ranking document with each figure as `as_seen` shows it to this reader, re-sorted."""
+    doc = json.loads(answer)
+    figures = doc["ranking"] + doc["below_minimum_sample"]
+    was = {f["subject_id"]: (f.pop("why_unranked", None), f["ranked"]) for f in figures}
+    seen = as_seen(session, ctx, principal, figures, secrets=secrets)
+    doc["peers"] += sum(int(f["ranked"]) for f in seen) - sum(int(r) for _, r in was.values())
+    ranked = sorted((f for f in seen if f["ranked"]), key=lambda f: (f["rank"], f["name"], f["subject_id"]))
+    below = []
+    for f in seen:
+        if f["ranked"]:
+            continue
+        minimum = f.pop("rank_min_inputs", None)
+        if f.get("held_back"):
+            f["why_unranked"] = HELD_BACK
+        elif f["score"] is None:
+            f["why_unranked"] = "no score in this period"
+        elif minimum is not None:
+            f["why_unranked"] = f"{f['inputs']} inputs, below the minimum sample of {minimum} (样本不足)"
+        else:
+            f["why_unranked"] = was[f["subject_id"]][0] or "no score in this period"
+        below.append(f)
+    for f in ranked:
+        f.pop("rank_min_inputs", None)
+    doc["ranking"] = [json.loads(FigureOut.model_validate(f).model_dump_json()) for f in ranked]
+    doc["below_minimum_sample"] = [json.loads(UnrankedOut.model_validate(f).model_dump_json()) for f in below]
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def stored_ranking_json(session: Session, ctx: Context, principal: PrincipalLike, period_key: str, tier: str | None,
+                        subject_type: str, cache: RankingCache | None = None) -> str:
     """A tier's ranking for a period as the JSON document GET /rankings answers (RankingOut);
     the caller sees the rows of its own subtree only (a community sees its own rank, not its
     peers' figures). `peers` counts every ranked peer. With a `cache`, an answer made from
@@ -181,8 +223,11 @@ def history(session: Session, ctx: Context, principal: PrincipalLike, subject_id
     rows = session.execute(stmt).scalars().all()
     order = {str(k): i for i, k in enumerate(domain.KIND_ORDER)}
     rows.sort(key=lambda r: (order[r.period_kind], r.period))
+    # A reader on the inspected side sees no figure move for a 暗访 not yet released (embargo).
+    figures = as_seen(session, ctx, principal, [figure_out(r) for r in rows],
+                      secrets=secrets_for(session, principal, within=subject.node) if rows else [])
     return {"subject_id": subject.subject_id, "node": subject.node, "name": subject.name,
-            "subject_type": subject.subject_type, "tier": subject.tier, "scores": mark_stale(session, ctx, [figure_out(r) for r in rows])}
+            "subject_type": subject.subject_type, "tier": subject.tier, "scores": mark_stale(session, ctx, figures)}
 
 
 def visible_inspections(session: Session, principal: PrincipalLike, entries: list[dict]) -> list[dict]:
@@ -220,16 +265,26 @@ def explain(session: Session, ctx: Context, principal: PrincipalLike, subject_id
     row = score_row(session, subject.subject_id, period)
     if row is None:
         raise UnknownReference("period", f"no score for {subject.subject_id} in {period.key}")
-    detail = dict(row.explain or {})
-    detail["inspections"] = visible_inspections(session, principal, list(detail.get("inspections") or []))
+    # A reader on the inspected side sees the figure as if an unreleased 暗访 had not happened
+    # (or held back, see embargo); none left: no score, as before the visit.
+    seen = as_seen(session, ctx, principal, [figure_out(row)], with_explain=True,
+                   secrets=secrets_for(session, principal, period, within=subject.node))
+    if not seen:
+        raise UnknownReference("period", f"no score for {subject.subject_id} in {period.key}")
+    [figure] = seen
+    if figure.get("held_back"):
+        detail = {"held_back": HELD_BACK}
+    else:
+        detail = dict(figure.pop("explain", None) or row.explain or {})
+        detail["inspections"] = visible_inspections(session, principal, list(detail.get("inspections") or []))
     logged = session.execute(select(RecomputeLog).where(
         RecomputeLog.period_kind == str(period.kind), RecomputeLog.period == period.key,
         (RecomputeLog.subject_id.is_(None)) | (RecomputeLog.subject_id == subject.subject_id))
         .order_by(RecomputeLog.created_at, RecomputeLog.id)).scalars()
     detail["recomputes"] = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in recompute_out(r).items()}
                             for r in logged]
-    [figure] = mark_stale(session, ctx, [figure_out(row)])
+    [figure] = mark_stale(session, ctx, [figure])
     return {**figure, "explain": detail}
 
 
-__all__ = ['ranking_json', 'RankingCache', '_readable_subject', 'history', 'visible_inspections', 'explain']
+__all__ = ['ranking_json', 'stored_ranking_json', 'RankingCache', '_readable_subject', 'history', 'visible_inspections', 'explain']

@@ -87,10 +87,12 @@ class Scorer:
             PeriodScore.period_kind == str(period.kind), PeriodScore.period == period.key)).scalars().all()
         self.refresh_many(ids, [period])
 
-    def _recompute_many(self, subject_ids: list[str], period: Period) -> list[tuple[PeriodScore, bool]]:
-        """Recompute one period's figures of several subjects of one tier, reading each kind of
-        input once for all of them. Returns each row and whether its score, inputs or scale
-        changed (what its parent's roll-up uses). Only rows whose values differ are written."""
+    def compute_many(self, subject_ids: list[str], period: Period,
+                     without: frozenset[str] = frozenset()) -> dict[str, tuple]:
+        """One period's figures of several subjects of one tier as the domain computes them,
+        reading each kind of input once for all of them; nothing is written. `without`: input
+        ids left out — how a 暗访 not yet released is kept from a reader on the subject side
+        (`embargo`). Returns {subject_id: (subject, policy row, result, minimum sample)}."""
         s = self.session
         kind, key = str(period.kind), period.key
         subjects = {x.subject_id: x for x in s.execute(select(Subject).where(
@@ -102,6 +104,8 @@ class Scorer:
                                   ScoreInputRow.score, ScoreInputRow.scale, ScoreInputRow.inspected_at)
                            .where(ScoreInputRow.subject_id.in_(subject_ids), column == key)
                            .order_by(ScoreInputRow.inspected_at, ScoreInputRow.inspection_id)):
+            if r.inspection_id in without:
+                continue
             inputs.setdefault(r.subject_id, []).append(
                 domain.ScoreInput(r.inspection_id, r.kind, r.score, r.scale, r.inspected_at))
         parents = [sid for sid, x in subjects.items() if x.subject_type == CHILD and x.subject_id == x.node]
@@ -138,12 +142,7 @@ class Scorer:
                                                                 VectorVerdictInput.period.in_(months))
                                .order_by(VectorVerdictInput.subject_id, VectorVerdictInput.period)).scalars():
                 vectors.setdefault(v.subject_id, []).append(domain.VectorInput(v.period, v.verdict, v.revision))
-        # The stored explanation (a street's or a city's lists every child) is read only where
-        # nothing else of the figure changed: otherwise it is replaced unread (issue 11).
-        rows = {r.subject_id: r for r in s.execute(select(PeriodScore).options(defer(PeriodScore.explain)).where(
-            PeriodScore.subject_id.in_(subject_ids), PeriodScore.period_kind == kind,
-            PeriodScore.period == key)).scalars()}
-        out = []
+        out = {}
         for subject_id in subject_ids:
             breathe()
             subject = subjects[subject_id]
@@ -156,6 +155,25 @@ class Scorer:
                                           vectors.get(subject_id, []))
             tier_rule = policy.ranking.tiers.get(Tier(subject.tier))
             min_inputs = tier_rule.min_inspections if (tier_rule and period.kind in policy.ranking.periods) else None
+            out[subject_id] = (subject, policy_row, result, min_inputs)
+        return out
+
+    def _recompute_many(self, subject_ids: list[str], period: Period) -> list[tuple[PeriodScore, bool]]:
+        """Recompute one period's figures of several subjects of one tier (`compute_many`).
+        Returns each row and whether its score, inputs or scale changed (what its parent's
+        roll-up uses). Only rows whose values differ are written."""
+        s = self.session
+        kind, key = str(period.kind), period.key
+        computed = self.compute_many(subject_ids, period)
+        # The stored explanation (a street's or a city's lists every child) is read only where
+        # nothing else of the figure changed: otherwise it is replaced unread (issue 11).
+        rows = {r.subject_id: r for r in s.execute(select(PeriodScore).options(defer(PeriodScore.explain)).where(
+            PeriodScore.subject_id.in_(subject_ids), PeriodScore.period_kind == kind,
+            PeriodScore.period == key)).scalars()}
+        out = []
+        for subject_id in subject_ids:
+            subject, policy_row, result, min_inputs = computed[subject_id]
+            policy = self._policies[(policy_row.node, policy_row.version)]
             row = rows.get(subject_id)
             new = row is None
             changed = new or (row.score, row.inputs, row.scale) != (result.score, result.inputs, policy.scale)

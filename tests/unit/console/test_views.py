@@ -128,3 +128,10 @@ def test_numbers_and_times_as_people_read_them():
     assert [web.number(v) for v in (90.0, 93.333, 1000, None, "x")] == ["90", "93.33", "1000", "", "x"]
     assert views.local_time("2026-11-23T14:00:00+00:00") == "2026-11-23 22:00"
     assert views.this_month(datetime(2026, 11, 30, 16, 30, tzinfo=timezone.utc)) == "2026-12"
+
+
+def test_a_held_back_explanation_is_labelled_in_chinese():
+    """A figure held back from the subject side while a 暗访 awaits release (scoring's embargo)."""
+    from services.console import views
+    assert views.explain_rows({"held_back": "本期得分待发布 (…)", "recomputes": []}) == [
+        ("待发布", "本期得分待发布 (…)"), ("recomputes", [])]

@@ -408,9 +408,12 @@ def test_an_unannounced_inspection_is_withheld_until_released_in_either_order(se
     service.on_inspection_submitted([unannounced(after, "2026-11-09")])[0]
     assert set(shown(community_viewer)) == {after} and shown(community_viewer)[after]["inspectors"] is None
     assert {k: v["inspectors"] for k, v in shown(street_inspector).items()} == {before: ["暗访员"], after: ["暗访员"]}
-    assert service.explain_score(None, node, "2026-11", principal=community_viewer).inputs == 2  # both count
+    # The office's figure counts both; the subject side's, only the released one (embargo).
+    assert service.explain_score(None, node, "2026-11", principal=street_inspector).inputs == 2
+    assert service.explain_score(None, node, "2026-11", principal=community_viewer).inputs == 1
     body = released_event(node, before)
     service.on_inspection_released(body)
     assert set(shown(community_viewer)) == {before, after}
+    assert service.explain_score(None, node, "2026-11", principal=community_viewer).inputs == 2
     assert all(i["inspectors"] is None for i in shown(community_viewer).values())
     assert service.on_inspection_released(body) == DUPLICATE
