@@ -32,10 +32,11 @@ def secret_file_path(config: dict | None, file_key: str, default_file: str, base
 
 
 def operator_secret(config: dict | None, value_key: str, file_key: str, default_file: str,
-                    generate: Callable[[], bytes], base: Path | None = None) -> bytes:
+                    generate: Callable[[], bytes] | None, base: Path | None = None) -> bytes:
     """The secret: `value_key` if set, else the file `file_key` names (read; it must exist),
     else `default_file` (relative to `base`, or the working directory), made by `generate`
-    with mode 0600 if it does not exist yet."""
+    with mode 0600 if it does not exist yet (`generate=None`: a reader's call, which makes
+    nothing and raises SecretUnavailable instead)."""
     value = setting(config, value_key)
     if value:
         return value.strip().encode("utf-8")
@@ -49,7 +50,9 @@ def operator_secret(config: dict | None, value_key: str, file_key: str, default_
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
-        pass
+        if generate is None:
+            raise SecretUnavailable(f"找不到密钥文件 {path}（{value_key} / {file_key} 均未设置）; "
+                                    f"no key file {path} and neither {value_key} nor {file_key} is set") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = generate()
     # Written whole to a temporary file, then linked into place (fails if it exists): two
