@@ -42,6 +42,7 @@ import math
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -546,7 +547,14 @@ def write_anchor(path: Path, key: bytes, service: str, bind, now: datetime | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     with os.fdopen(fd, "r+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        # Without blocking: services sharing a process share one OS thread under eventlet, so
+        # a blocking lock held by another green thread of the same process would never be let go.
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.02)
         try:
             last = _last_anchor_of(fh, service)
             if last is not None and last.get("seq") == current[0] and last.get("hash") == current[1]:
