@@ -114,14 +114,16 @@ def rotate_key(args, config: dict, config_path: Path) -> int:
     from services.plumbing import clock
 
     if config.get("ACCOUNTS_SIGNING_KEY_FILE"):
-        print("the signing key comes from ACCOUNTS_SIGNING_KEY_FILE: replace that file instead", file=sys.stderr)
+        print("签名密钥来自 ACCOUNTS_SIGNING_KEY_FILE，请替换该文件; the signing key comes from "
+              "ACCOUNTS_SIGNING_KEY_FILE: replace that file instead", file=sys.stderr)
         return 1
     engine, sessions = _open(config, config_path)
     try:
         with sessions() as session, session.begin():
             key, retired = ops.rotate_signing_key(session, clock.now(), key_cipher(config, config_path))
-        print(f"new signing key {key.kid}; retired {', '.join(retired) or 'none'} (published until their "
-              "tokens expire)")
+        print(f"新签名密钥 {key.kid}（已加密保存）；停用 {', '.join(retired) or '无'}（其签发的令牌过期前仍公布）; "
+              f"new signing key {key.kid} (stored encrypted); retired {', '.join(retired) or 'none'} "
+              "(published until their tokens expire)")
     finally:
         engine.dispose()
     return 0
@@ -141,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config_path = Path(args.config)
     config = load_config(config_path)
-    if args.command == "create-admin":
-        return create_admin(args, config, config_path)
-    return rotate_key(args, config, config_path)
+    from services.plumbing.keyfiles import SecretUnavailable
+    try:
+        if args.command == "create-admin":
+            return create_admin(args, config, config_path)
+        return rotate_key(args, config, config_path)
+    except SecretUnavailable as exc:  # the key-encryption key is configured but cannot be read
+        print(str(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

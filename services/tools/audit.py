@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(parser, args)
     except (ValueError, SQLAlchemyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"错误 error: {exc}", file=sys.stderr)
         return 2
 
 
