@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -339,6 +340,9 @@ class EventTap:
             self.conn.release()
 
 
+TEST_ANCHOR_KEY = "test-anchor-key-0123456789abcdef0123456789"
+
+
 def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **extra) -> dict:
     config = {
         "AMQP_URI": amqp_uri,
@@ -357,6 +361,10 @@ def base_config(amqp_uri: str, database_url: str, node: str = "411502008000", **
         # Most stacks under test run tasks or inspection without the photos service and cite
         # made-up photos; the tests of cited evidence turn the check on (production always checks).
         "EVIDENCE_CHECK": False,
+        # Each stack under test anchors its audit log in a file of its own (never the checkout's
+        # var/audit-anchors.jsonl, which holds a real stack's anchors), signed with a test key.
+        "AUDIT_ANCHOR_FILE": str(Path(tempfile.gettempdir()) / f"chuangwei-anchors-{uuid.uuid4().hex}.jsonl"),
+        "AUDIT_ANCHOR_KEY": TEST_ANCHOR_KEY,
         **auth_config(),
     }
     config.update(extra)

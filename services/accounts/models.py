@@ -114,6 +114,8 @@ class SigningKey(Base):
     __tablename__ = "accounts_signing_keys"
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Encrypted: "fernet:<token>" (operations.KeyCipher, with a key kept outside the database).
+    # A plain PEM here is an earlier version's, encrypted at the next start.
     private_pem: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

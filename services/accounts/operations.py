@@ -8,6 +8,8 @@ raising, so the failure is committed before the caller answers 401 or 429.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import threading
 import time
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
+from cryptography.fernet import Fernet, InvalidToken
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +37,7 @@ from services.contracts.errors import PermissionDenied, RuleViolation, StateConf
 from services.contracts.nodes import InvalidNodeCode, normalize_code
 from services.plumbing.auth import (ADMINISTRATOR, API_TOKEN_METHOD, Grant, GrantOrigin, Principal, SigningKey,
                                     access_claims, provenance_claim)
+from services.plumbing.keyfiles import SecretUnavailable, operator_secret
 from services.plumbing.sql import advisory_xact_lock
 
 log = logging.getLogger(__name__)
@@ -131,21 +135,85 @@ class Passwords:
 # Instances re-read the active key this often, so a rotation reaches all of them quickly.
 KEY_CACHE_SECONDS = 30
 _KEY_LOCK = "accounts-signing-key"
+# The key that encrypts the signing keys at rest: ACCOUNTS_KEY_ENCRYPTION_KEY (a Fernet key, or
+# any text of 32 characters or more), else the file ACCOUNTS_KEY_ENCRYPTION_KEY_FILE, else this
+# file, generated (0600) at the first start. Never in the database: a dump without it cannot
+# sign a token.
+DEFAULT_KEY_ENCRYPTION_FILE = "var/accounts-key-encryption.key"
+SEALED_PREFIX = "fernet:"
+
+
+class KeyUnreadable(RuntimeError):
+    """A stored signing key that the configured key-encryption key cannot open."""
+
+
+class KeyCipher:
+    """Encrypts the issuer's private keys for the database (Fernet: AES-128-CBC + HMAC-SHA256)."""
+
+    def __init__(self, key: bytes):
+        try:
+            self.fernet = Fernet(key)
+        except (ValueError, TypeError):
+            text = key.decode("utf-8", "replace")
+            if len(text) < 32:
+                raise SecretUnavailable(
+                    "ACCOUNTS_KEY_ENCRYPTION_KEY 太短：需要 Fernet 密钥或至少 32 个字符; the key-encryption "
+                    "key must be a Fernet key or at least 32 characters") from None
+            self.fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(key).digest()))
+
+    @classmethod
+    def from_config(cls, config: dict | None, base: Path | None = None) -> "KeyCipher":
+        return cls(operator_secret(config, "ACCOUNTS_KEY_ENCRYPTION_KEY", "ACCOUNTS_KEY_ENCRYPTION_KEY_FILE",
+                                   DEFAULT_KEY_ENCRYPTION_FILE, Fernet.generate_key, base))
+
+    @staticmethod
+    def is_sealed(stored: str) -> bool:
+        return stored.startswith(SEALED_PREFIX)
+
+    def seal(self, private_pem: bytes) -> str:
+        return SEALED_PREFIX + self.fernet.encrypt(private_pem).decode("ascii")
+
+    def open(self, stored: str, kid: str = "") -> bytes:
+        if not self.is_sealed(stored):  # written before keys were encrypted; sealed at the next start
+            return stored.encode("ascii")
+        try:
+            return self.fernet.decrypt(stored[len(SEALED_PREFIX):].encode("ascii"))
+        except InvalidToken:
+            raise KeyUnreadable(
+                f"签名密钥 {kid} 无法解密：密钥加密密钥（ACCOUNTS_KEY_ENCRYPTION_KEY / _FILE）不是加密它时用的那把; "
+                f"the signing key {kid} cannot be decrypted with the configured key-encryption key") from None
+
+
+def seal_plain_keys(session: Session, cipher: KeyCipher) -> list[str]:
+    """Encrypt the signing keys stored in plain text (before this version); their kids."""
+    sealed = []
+    rows = session.execute(select(KeyRow).where(KeyRow.private_pem.startswith("-----"))
+                           .with_for_update()).scalars().all()
+    for row in rows:
+        row.private_pem = cipher.seal(row.private_pem.encode("ascii"))
+        sealed.append(row.kid)
+    if sealed:
+        session.flush()
+        log.info("encrypted %d token-signing key(s) stored in plain text: %s", len(sealed), ", ".join(sealed))
+    return sealed
 
 
 class KeyRing:
     """The issuer's keys: the one that signs and the ones published in the JWKS.
 
     From ACCOUNTS_SIGNING_KEY_FILE (a PEM file) when configured; otherwise generated at the
-    first start and kept in the database, so every instance signs with the same key.
-    Retired keys stay published until every token they signed has expired.
+    first start and kept in the database, encrypted with `cipher` (KeyCipher), so every
+    instance signs with the same key. Retired keys stay published until every token they
+    signed has expired.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, cipher: KeyCipher | None = None):
         self.settings = settings
+        self.cipher = cipher if cipher is not None else KeyCipher.from_config({})
         self.file_key = SigningKey.from_pem(Path(settings.key_file).read_bytes()) if settings.key_file else None
         self._cached: tuple[SigningKey, float] | None = None
         self._file_reconciled = False
+        self._sealed = False
         self._lock = threading.Lock()
 
     @property
@@ -154,6 +222,12 @@ class KeyRing:
         # more; verifiers tolerate some clock skew. Ten minutes' margin covers all of it.
         return timedelta(seconds=self.settings.access_ttl + KEY_CACHE_SECONDS + 600)
 
+    def seal_plain_keys(self, session: Session) -> None:
+        """Once per process (also done at start): no key stays in plain text."""
+        if not self._sealed:
+            seal_plain_keys(session, self.cipher)
+            self._sealed = True
+
     def signing_key(self, session: Session, now: datetime) -> SigningKey:
         if self.file_key is not None:
             self._reconcile_file_key(session, now)
@@ -161,7 +235,8 @@ class KeyRing:
         with self._lock:
             if self._cached and time.monotonic() - self._cached[1] < KEY_CACHE_SECONDS:
                 return self._cached[0]
-        key = active_signing_key(session, now)
+        self.seal_plain_keys(session)
+        key = active_signing_key(session, now, self.cipher)
         with self._lock:
             self._cached = (key, time.monotonic())
         return key
@@ -189,12 +264,12 @@ class KeyRing:
         self._file_reconciled = True
 
 
-def _key_row(key: SigningKey, now: datetime) -> KeyRow:
-    return KeyRow(kid=key.kid, private_pem=key.private_pem.decode("ascii"), public_jwk=key.public_jwk,
+def _key_row(key: SigningKey, now: datetime, cipher: KeyCipher) -> KeyRow:
+    return KeyRow(kid=key.kid, private_pem=cipher.seal(key.private_pem), public_jwk=key.public_jwk,
                   created_at=now, retired_at=None)
 
 
-def active_signing_key(session: Session, now: datetime) -> SigningKey:
+def active_signing_key(session: Session, now: datetime, cipher: KeyCipher) -> SigningKey:
     """The database's active key, generated on first use (once, whichever instance is first)."""
     row = _active_row(session)
     if row is None:
@@ -202,11 +277,11 @@ def active_signing_key(session: Session, now: datetime) -> SigningKey:
         row = _active_row(session)
         if row is None:
             key = SigningKey.generate()
-            row = _key_row(key, now)
+            row = _key_row(key, now, cipher)
             session.add(row)
             session.flush()
             log.info("generated the token-signing key %s", key.kid)
-    return SigningKey.from_pem(row.private_pem.encode("ascii"), kid=row.kid)
+    return SigningKey.from_pem(cipher.open(row.private_pem, row.kid), kid=row.kid)
 
 
 def _active_row(session: Session) -> KeyRow | None:
@@ -214,13 +289,14 @@ def _active_row(session: Session) -> KeyRow | None:
                            .order_by(KeyRow.created_at.desc()).limit(1)).scalar_one_or_none()
 
 
-def rotate_signing_key(session: Session, now: datetime) -> tuple[SigningKey, list[str]]:
+def rotate_signing_key(session: Session, now: datetime, cipher: KeyCipher) -> tuple[SigningKey, list[str]]:
     """A new active key; the old ones retire (still published until their tokens expire)."""
     advisory_xact_lock(session, _KEY_LOCK)
+    seal_plain_keys(session, cipher)
     retired = list(session.execute(select(KeyRow.kid).where(KeyRow.retired_at.is_(None))).scalars())
     session.execute(update(KeyRow).where(KeyRow.retired_at.is_(None)).values(retired_at=now))
     key = SigningKey.generate()
-    session.add(_key_row(key, now))
+    session.add(_key_row(key, now, cipher))
     session.flush()
     return key, retired
 

@@ -8,7 +8,9 @@ so that `nameko run services.accounts.service` finds only this service class.)
 Config (infra/nameko.yaml): AUTH_ISSUER, AUTH_AUDIENCE, ACCOUNTS_ACCESS_TTL (seconds, 300),
 ACCOUNTS_REFRESH_TTL (seconds, 43200), ACCOUNTS_REFRESH_GRACE_SECONDS (10: a replaced refresh token
 still renews this long), ACCOUNTS_SIGNING_KEY_FILE (PEM; else a key generated
-and kept in the database), ACCOUNTS_MIN_PASSWORD_LENGTH (10), ACCOUNTS_LOGIN_MAX_FAILURES (5
+and kept in the database, encrypted with ACCOUNTS_KEY_ENCRYPTION_KEY or the file
+ACCOUNTS_KEY_ENCRYPTION_KEY_FILE, by default var/accounts-key-encryption.key, made at the first
+start), ACCOUNTS_MIN_PASSWORD_LENGTH (10), ACCOUNTS_LOGIN_MAX_FAILURES (5
 per username and client address), ACCOUNTS_LOGIN_MAX_USERNAME_FAILURES (50 per username from
 anywhere), ACCOUNTS_LOGIN_MAX_CLIENT_FAILURES (20 per client address),
 ACCOUNTS_LOGIN_WINDOW_SECONDS (900), ACCOUNTS_TRUST_FORWARDED_FOR (false: behind a reverse
@@ -18,6 +20,7 @@ the console: its relayed sign-ins name the person's address in X-Forwarded-For),
 """
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from services.plumbing.http import CSRF_COOKIE, api, error_response, json_respon
 from services.plumbing.rate_limit import client_address, relay_secret
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 ADMINS = signed_in(ADMINISTRATOR)
 # One's own account and API tokens: people and machine accounts alike (a 数字城管 platform's
 # account signs in once to make the API token its machine client uses).
@@ -58,9 +62,22 @@ class IssuerProvider(DependencyProvider):
     def setup(self):
         config = self.container.config
         settings = ops.Settings.from_config(config)
-        self.issuer = Issuer(settings, ops.Passwords.from_config(config), ops.KeyRing(settings),
+        self.issuer = Issuer(settings, ops.Passwords.from_config(config),
+                             ops.KeyRing(settings, ops.KeyCipher.from_config(config)),
                              str(config.get("ACCOUNTS_TRUST_FORWARDED_FOR", "false")).lower() == "true",
                              relay_secret(config))
+
+    def start(self):
+        # Keys stored in plain text by an earlier version are encrypted now, not at the first
+        # sign-in (the Database provider has run the migrations in its setup).
+        database = Database.of(self.container)
+        if database.session_factory is None:
+            return
+        try:
+            with database.session_factory() as session, session.begin():
+                self.issuer.keys.seal_plain_keys(session)
+        except Exception:  # the database may be down at start: the first use seals them then
+            log.warning("could not encrypt plain-text signing keys at start; will at first use", exc_info=True)
 
     def get_dependency(self, worker_ctx):
         return self.issuer

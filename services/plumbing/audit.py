@@ -13,8 +13,15 @@ Every entry carries `prev_hash` (the hash of the entry before it) and `hash` = s
 the canonical JSON of its own fields and `prev_hash`; `seq` counts 1, 2, 3, … without
 holes (it is assigned under a lock, not by a sequence, so a rolled-back transaction leaves
 no gap). An edited entry breaks its own hash, a removed one breaks the count and the next
-entry's `prev_hash`. (Removing the newest entries leaves a shorter valid chain: compare the
-head that `verify` reports with one noted earlier.)
+entry's `prev_hash`. Removing the newest entries, or rewriting an entry and recomputing every
+hash after it, leaves a chain that is valid in itself: hence the anchors.
+
+Anchors: every service with a database signs its log's head (seq and hash, HMAC-SHA256 with
+AUDIT_ANCHOR_KEY or the file AUDIT_ANCHOR_KEY_FILE, by default var/audit-anchor.key made 0600
+at first use) every AUDIT_ANCHOR_INTERVAL seconds and appends it as one JSON line to
+AUDIT_ANCHOR_FILE (default var/audit-anchors.jsonl), a file the operator keeps outside the
+database. `verify` with the anchors finds an entry whose hash differs from an anchored one (a
+rewritten chain) and an anchored entry that is gone (a cut tail).
 
 Capture is automatic (see `services.plumbing.db`): an HTTP entrypoint with an unsafe method
 (or an RPC call) gets an `AuditContext` on its session; every commit of that session appends
@@ -27,10 +34,15 @@ better what it changed with `describe(session, node=..., target=..., before=...,
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import hmac
 import json
 import math
+import os
 import re
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -43,6 +55,7 @@ from uuid import UUID
 from sqlalchemy import (JSON, BigInteger, Column, Index, Integer, MetaData, String, Table, Text, and_, event, false,
                         inspect as sa_inspect, insert, or_, select)
 
+from services.plumbing.keyfiles import SecretUnavailable, operator_secret, secret_file_path
 from services.plumbing.sql import UtcDateTime, advisory_xact_lock
 
 MIGRATIONS = Path(__file__).parent / "audit_migrations"
@@ -399,28 +412,58 @@ class Verification:
     head_hash: str | None = None
     broken_seq: int | None = None
     reason: str | None = None
+    anchors: int = 0                  # anchors checked against the chain
+    anchored_seq: int | None = None   # the newest anchored entry
 
 
-def verify_entries(entries: Iterable[dict]) -> Verification:
+def verify_entries(entries: Iterable[dict], anchors: Iterable[dict] = ()) -> Verification:
     """Walk entries in seq order: counts from 1 without holes, each links to the one before,
-    each hash matches its content."""
-    expected_seq, prev_hash, count, head = 1, GENESIS, 0, None
+    each hash matches its content, and each anchored entry (`anchors`: signature already
+    checked) is present with the anchored hash."""
+    anchored: dict[int, list[dict]] = {}
+    for anchor in anchors:
+        anchored.setdefault(int(anchor["seq"]), []).append(anchor)
+    newest = max(anchored, default=None)
+    checked = sum(len(a) for a in anchored.values())
+
+    def broken(count, head, seq, reason):
+        return Verification(False, count, *(head or (None, None)), broken_seq=seq, reason=reason,
+                            anchors=checked, anchored_seq=newest)
+
+    expected_seq, prev_hash, count, head, last_good_anchor = 1, GENESIS, 0, None, 0
     for entry in entries:
         seq = entry["seq"]
         if seq != expected_seq:
-            return Verification(False, count, *(head or (None, None)), broken_seq=expected_seq,
-                                reason=f"entry {expected_seq} is missing (next present: {seq})")
+            return broken(count, head, expected_seq,
+                          f"第 {expected_seq} 条记录缺失（下一条是第 {seq} 条）; "
+                          f"entry {expected_seq} is missing (next present: {seq})")
         if entry["prev_hash"] != prev_hash:
-            return Verification(False, count, *(head or (None, None)), broken_seq=seq,
-                                reason=f"entry {seq} does not link to entry {seq - 1}")
+            return broken(count, head, seq, f"第 {seq} 条记录没有接在第 {seq - 1} 条之后; "
+                                            f"entry {seq} does not link to entry {seq - 1}")
         if entry_hash(entry) != entry["hash"]:
-            return Verification(False, count, *(head or (None, None)), broken_seq=seq,
-                                reason=f"entry {seq} was altered: its content does not match its hash")
+            return broken(count, head, seq, f"第 {seq} 条记录被改动：内容与其哈希不符; "
+                                            f"entry {seq} was altered: its content does not match its hash")
+        for anchor in anchored.get(seq, ()):
+            if anchor["hash"] != entry["hash"]:
+                return broken(count, head, seq,
+                              f"审计日志被改写：第 {seq} 条的哈希与 {anchor['at']} 签名的锚不符，第 "
+                              f"{last_good_anchor + 1}–{seq} 条中有记录被改动后重算了哈希; the log was rewritten: "
+                              f"entry {seq}'s hash differs from the anchor signed at {anchor['at']}, so an entry "
+                              f"between {last_good_anchor + 1} and {seq} was changed and the chain recomputed")
+        if seq in anchored:
+            last_good_anchor = seq
         count += 1
         head = (seq, entry["hash"])
         prev_hash = entry["hash"]
         expected_seq = seq + 1
-    return Verification(True, count, *(head or (None, None)))
+    if newest is not None and (head is None or head[0] < newest):
+        at = max(anchored[newest], key=lambda a: a["at"])["at"]
+        last = head[0] if head else 0
+        return broken(count, head, last + 1,
+                      f"审计日志被截断：{at} 签名的锚记录到第 {newest} 条，现在日志只到第 {last} 条，第 "
+                      f"{last + 1}–{newest} 条已被删除; the log was cut: the anchor signed at {at} records entry "
+                      f"{newest}, the log now ends at entry {last}: entries {last + 1} to {newest} were removed")
+    return Verification(True, count, *(head or (None, None)), anchors=checked, anchored_seq=newest)
 
 
 def stored_entries(bind, batch: int = 1000) -> Iterator[dict]:
@@ -436,8 +479,137 @@ def stored_entries(bind, batch: int = 1000) -> Iterator[dict]:
         after = rows[-1]["seq"]
 
 
-def verify(bind) -> Verification:
-    return verify_entries(stored_entries(bind))
+def verify(bind, anchors: Iterable[dict] = ()) -> Verification:
+    return verify_entries(stored_entries(bind), anchors)
+
+
+# --- anchors: the head, signed, in a file outside the database ---
+
+DEFAULT_ANCHOR_FILE = "var/audit-anchors.jsonl"
+DEFAULT_ANCHOR_KEY_FILE = "var/audit-anchor.key"
+ANCHOR_FIELDS = ("service", "seq", "hash", "at")
+_SIGNATURE_PREFIX = "hmac-sha256:"
+
+
+class AnchorFileError(ValueError):
+    """The anchor file cannot be trusted as it stands: a line unreadable or wrongly signed."""
+
+
+def anchor_file(config: dict | None = None, base: Path | None = None) -> Path:
+    """AUDIT_ANCHOR_FILE from the config or the environment, else var/audit-anchors.jsonl."""
+    return secret_file_path(config, "AUDIT_ANCHOR_FILE", DEFAULT_ANCHOR_FILE, base)
+
+
+def anchor_key(config: dict | None = None, base: Path | None = None, create: bool = True) -> bytes:
+    """The anchors' HMAC key: AUDIT_ANCHOR_KEY, else the file AUDIT_ANCHOR_KEY_FILE, else
+    var/audit-anchor.key (made, 0600, when `create`)."""
+    return operator_secret(config, "AUDIT_ANCHOR_KEY", "AUDIT_ANCHOR_KEY_FILE", DEFAULT_ANCHOR_KEY_FILE,
+                           (lambda: secrets.token_hex(32).encode("ascii")) if create else None, base)
+
+
+def _signature(key: bytes, anchor: dict) -> str:
+    content = canonical_json({name: anchor[name] for name in ANCHOR_FIELDS})
+    return _SIGNATURE_PREFIX + hmac.new(key, content.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sign_anchor(key: bytes, *, service: str, seq: int, hash: str, at: datetime) -> dict:
+    anchor = {"service": service, "seq": int(seq), "hash": hash, "at": _instant(at)}
+    anchor["signature"] = _signature(key, anchor)
+    return anchor
+
+
+def head(bind) -> tuple[int, str] | None:
+    row = bind.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
+    return (row.seq, row.hash) if row else None
+
+
+def _last_anchor_of(fh, service: str, tail: int = 65536) -> dict | None:
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(max(0, size - tail))
+    for line in reversed(fh.read().decode("utf-8", "replace").splitlines()):
+        try:
+            anchor = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(anchor, dict) and anchor.get("service") == service:
+            return anchor
+    return None
+
+
+def write_anchor(path: Path, key: bytes, service: str, bind, now: datetime | None = None) -> dict | None:
+    """Append the signed head of `bind`'s log to the anchor file; None if the log is empty or
+    this head is already the service's last anchor. Safe to run in every instance at once
+    (an exclusive lock on the file; the same head is not written twice in a row)."""
+    current = head(bind)
+    if current is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    with os.fdopen(fd, "r+b") as fh:
+        # Without blocking: services sharing a process share one OS thread under eventlet, so
+        # a blocking lock held by another green thread of the same process would never be let go.
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.02)
+        try:
+            last = _last_anchor_of(fh, service)
+            if last is not None and last.get("seq") == current[0] and last.get("hash") == current[1]:
+                return None
+            anchor = sign_anchor(key, service=service, seq=current[0], hash=current[1],
+                                 at=now or datetime.now(timezone.utc))
+            fh.write((canonical_json(anchor) + "\n").encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+            return anchor
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_anchors(path: Path, key: bytes | None, service: str | None = None) -> list[dict]:
+    """The anchors in the file (of `service`, if given), each signature checked; [] if there is
+    no file. Raises AnchorFileError at a line that is not an anchor or not signed with `key`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    anchors = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            anchor = json.loads(line)
+            ok = isinstance(anchor, dict) and all(name in anchor for name in (*ANCHOR_FIELDS, "signature")) \
+                and isinstance(anchor["seq"], int)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise AnchorFileError(f"锚文件 {path} 第 {number} 行不是一条锚; line {number} of {path} is not an anchor")
+        if service is not None and anchor["service"] != service:
+            continue
+        if key is None:
+            raise AnchorFileError("有锚但没有核验签名的密钥（AUDIT_ANCHOR_KEY / AUDIT_ANCHOR_KEY_FILE）; "
+                                  "there are anchors but no key to check their signatures")
+        if not hmac.compare_digest(str(anchor["signature"]), _signature(key, anchor)):
+            raise AnchorFileError(f"锚文件 {path} 第 {number} 行的签名不对：被改动过，或不是用这把密钥签的; "
+                                  f"line {number} of {path} has a wrong signature: edited, or signed with another key")
+        anchors.append(anchor)
+    return anchors
+
+
+def verify_anchored(bind, path: Path, key: bytes | None, service: str | None = None) -> Verification:
+    """The chain checked in itself and against the anchors in `path` (a bad anchor file is a
+    failed verification, said so)."""
+    try:
+        anchors = read_anchors(path, key, service)
+    except AnchorFileError as exc:
+        result = verify(bind)
+        result.ok, result.reason = False, str(exc)
+        return result
+    return verify(bind, anchors)
 
 
 # --- reading ---

@@ -254,6 +254,9 @@ longer than any redelivery takes (retries give up after minutes; a dead letter i
 within days), so a claim is never forgotten while its event may still come again."""
 PRUNE_INTERVAL = 3600.0
 """Seconds between prunings (config PROCESSED_EVENTS_PRUNE_INTERVAL; 0 disables)."""
+AUDIT_ANCHOR_INTERVAL = 300.0
+"""Seconds between anchors of the audit log's head (config AUDIT_ANCHOR_INTERVAL; 0 disables):
+what was written since the last anchor is what a rewrite could still change unnoticed."""
 
 
 def prune_processed_events(engine: Engine, older_than: timedelta) -> int:
@@ -355,6 +358,35 @@ class Database(DependencyProvider):
         if interval > 0:
             self.container.spawn_managed_thread(lambda: self._prune_forever(interval),
                                                 identifier="prune_processed_events")
+        anchor_every = float(self.container.config.get("AUDIT_ANCHOR_INTERVAL", AUDIT_ANCHOR_INTERVAL) or 0)
+        if anchor_every > 0:
+            self.container.spawn_managed_thread(lambda: self._anchor_forever(anchor_every),
+                                                identifier="anchor_audit_log")
+
+    def anchor_audit_log(self) -> dict | None:
+        """Sign the log's head into the anchor file (AUDIT_ANCHOR_FILE), unless it is the
+        service's last anchor already; the anchor, or None."""
+        config = self.container.config
+        with self.engine.connect() as conn:
+            return audit.write_anchor(audit.anchor_file(config), audit.anchor_key(config),
+                                      self.container.service_name, conn)
+
+    def _anchor_forever(self, interval: float) -> None:
+        """Every instance runs this (a timer fires in each): the file is locked while a line
+        is appended, and a head already anchored is not written again."""
+        outage = OutageLog(log, f"{self.container.service_name} anchoring the audit log")
+        while True:
+            time.sleep(interval)
+            try:
+                anchor = self.anchor_audit_log()
+                outage.recovered()
+                if anchor:
+                    log.info("%s: audit log anchored at entry %d", self.container.service_name, anchor["seq"])
+            except Exception as exc:
+                if unavailable_dependency(exc) is None:
+                    log.exception("%s: anchoring the audit log failed", self.container.service_name)
+                else:
+                    outage.failed(exc)
 
     def _prune_forever(self, interval: float) -> None:
         """Forget processed-event claims older than PROCESSED_EVENTS_RETENTION_DAYS. Every

@@ -8,7 +8,8 @@ answers whenever the process does (liveness); /health/ready answers 503 only whe
 database is unreachable (readiness; a broker outage is "degraded"); /metrics is
 the process's Prometheus registry; /openapi.json describes this service's routes; /audit
 lists the audit log of the service's database to administrators (entries on their nodes)
-and /audit/verify checks its hash chain; /event-dead-letters shows the administrators of the
+and /audit/verify checks its hash chain, also against the service's signed anchors of its
+head in AUDIT_ANCHOR_FILE; /event-dead-letters shows the administrators of the
 stack's node the events the service's consumers dead-lettered, without taking them off the
 queue.
 """
@@ -111,8 +112,11 @@ class AuditVerificationOut(BaseModel):
     entries: int = Field(description="entries checked")
     head_seq: int | None = Field(None, description="the newest entry that checks out: note it to detect a cut tail")
     head_hash: str | None = None
-    broken_seq: int | None = Field(None, description="the first entry that is missing, altered or unlinked")
+    broken_seq: int | None = Field(None, description="the first entry that is missing, altered or unlinked, or "
+                                                     "the first anchored entry rewritten or cut off")
     reason: str | None = None
+    anchors: int = Field(0, description="this service's anchors (AUDIT_ANCHOR_FILE) checked against the chain")
+    anchored_seq: int | None = Field(None, description="the newest anchored entry: the log must reach it")
 
 
 HEALTH_CHECK_TIMEOUT = 1.0
@@ -266,5 +270,12 @@ class OperatorEndpoints:
     @api("GET", "/audit/verify", response=AuditVerificationOut, access=signed_in(ADMINISTRATOR),
          summary="核验审计日志 Verify the audit log's hash chain (ok, or the first broken entry)")
     def audit_verify(self, request, principal):
-        result = audit.verify(self._audit_database().session)
+        """The chain in itself and against this service's anchors in AUDIT_ANCHOR_FILE: a
+        rewritten chain or a cut tail fails too."""
+        try:
+            key = audit.anchor_key(self.config, create=False)
+        except audit.SecretUnavailable:
+            key = None  # no key yet: there can be no anchors of ours either (read_anchors says so if there are)
+        result = audit.verify_anchored(self._audit_database().session, audit.anchor_file(self.config), key,
+                                       service=self.name)
         return AuditVerificationOut(**result.__dict__)

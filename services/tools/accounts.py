@@ -9,6 +9,11 @@ reads the password from stdin (--password-stdin, first line) or asks twice witho
 and refuses a username that exists. rotate-key makes a new token-signing key; the old one
 stays published in the JWKS until the tokens it signed have expired.
 
+The signing keys are stored encrypted with the key-encryption key the stack uses
+(ACCOUNTS_KEY_ENCRYPTION_KEY, or the file ACCOUNTS_KEY_ENCRYPTION_KEY_FILE, by default
+var/accounts-key-encryption.key from the checkout's root, made on first use); both commands
+also encrypt any key an earlier version stored in plain text.
+
 The database is the services' own: DATABASE_URL (or DB_URIS.accounts) from the environment
 or from the stack's config (--config, infra/nameko.yaml by default, ${ENV:default} resolved
 as `nameko run` does). The accounts migrations run first, so this works on a new database.
@@ -53,13 +58,24 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+def key_cipher(config: dict, config_path: Path):
+    """The stack's key-encryption key; a relative file path is from the checkout's root, as
+    the stack (which runs there) reads it."""
+    from services.accounts import operations as ops
+    return ops.KeyCipher.from_config(config, base=config_path.resolve().parent.parent)
+
+
 def _open(config: dict, config_path: Path):
     from sqlalchemy.orm import sessionmaker
     import services.accounts
+    from services.accounts import operations as ops
     from services.plumbing.db import make_engine, run_migrations
     engine = make_engine(_database_url(config, config_path), pool_size=1, max_overflow=0)
     run_migrations(engine, Path(services.accounts.__file__).parent / "migrations", "alembic_version_accounts")
-    return engine, sessionmaker(bind=engine, expire_on_commit=False)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    with sessions() as session, session.begin():
+        ops.seal_plain_keys(session, key_cipher(config, config_path))
+    return engine, sessions
 
 
 def create_admin(args, config: dict, config_path: Path) -> int:
@@ -98,14 +114,16 @@ def rotate_key(args, config: dict, config_path: Path) -> int:
     from services.plumbing import clock
 
     if config.get("ACCOUNTS_SIGNING_KEY_FILE"):
-        print("the signing key comes from ACCOUNTS_SIGNING_KEY_FILE: replace that file instead", file=sys.stderr)
+        print("签名密钥来自 ACCOUNTS_SIGNING_KEY_FILE，请替换该文件; the signing key comes from "
+              "ACCOUNTS_SIGNING_KEY_FILE: replace that file instead", file=sys.stderr)
         return 1
     engine, sessions = _open(config, config_path)
     try:
         with sessions() as session, session.begin():
-            key, retired = ops.rotate_signing_key(session, clock.now())
-        print(f"new signing key {key.kid}; retired {', '.join(retired) or 'none'} (published until their "
-              "tokens expire)")
+            key, retired = ops.rotate_signing_key(session, clock.now(), key_cipher(config, config_path))
+        print(f"新签名密钥 {key.kid}（已加密保存）；停用 {', '.join(retired) or '无'}（其签发的令牌过期前仍公布）; "
+              f"new signing key {key.kid} (stored encrypted); retired {', '.join(retired) or 'none'} "
+              "(published until their tokens expire)")
     finally:
         engine.dispose()
     return 0
@@ -125,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config_path = Path(args.config)
     config = load_config(config_path)
-    if args.command == "create-admin":
-        return create_admin(args, config, config_path)
-    return rotate_key(args, config, config_path)
+    from services.plumbing.keyfiles import SecretUnavailable
+    try:
+        if args.command == "create-admin":
+            return create_admin(args, config, config_path)
+        return rotate_key(args, config, config_path)
+    except SecretUnavailable as exc:  # the key-encryption key is configured but cannot be read
+        print(str(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

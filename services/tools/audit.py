@@ -1,12 +1,21 @@
 """Check or lock down a database's audit log.
 
-    python -m services.tools.audit verify [--database-url URL]
+    python -m services.tools.audit verify [--database-url URL] [--anchors FILE] [--service NAME]
+    python -m services.tools.audit anchor --service NAME [--database-url URL] [--anchors FILE]
     python -m services.tools.audit migrate [--database-url URL]
     python -m services.tools.audit seal --writer chuangwei_svc [--owner chuangwei_audit] [--database-url URL]
 
-verify walks the hash chain and exits 0 if every entry is present, linked and unaltered
-(it prints the head: note it, a cut tail shows as a head older than one noted before), 1
-at the first broken entry.
+verify walks the hash chain and checks it against the signed anchors of its head that the
+stack appends to the anchor file (--anchors, else AUDIT_ANCHOR_FILE, else
+var/audit-anchors.jsonl; --service: only that service's anchors, for a stack whose services
+have databases of their own). It exits 0 if every entry is present, linked and unaltered and
+every anchored entry is there with its anchored hash; 1 at the first broken entry, a
+rewritten chain (a hash that differs from its anchor), a cut tail (an anchored entry gone) or
+an anchor line that is not signed with the key (AUDIT_ANCHOR_KEY, or the file
+AUDIT_ANCHOR_KEY_FILE, else var/audit-anchor.key).
+
+anchor appends the head now, signed, as the stack does every AUDIT_ANCHOR_INTERVAL seconds
+(e.g. before a backup).
 
 migrate creates or upgrades the log's table, for stacks started with DB_AUTO_MIGRATE=false
 (every HTTP write fails until it exists: no write goes unrecorded).
@@ -25,6 +34,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,11 +45,26 @@ from services.plumbing.config import DEFAULT_DATABASE_URL
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-def verify(database_url: str) -> audit.Verification:
+def verify(database_url: str, anchors: Path | None = None, service: str | None = None) -> audit.Verification:
+    """The chain, checked against the anchors in `anchors` (default: AUDIT_ANCHOR_FILE)."""
+    path = anchors or audit.anchor_file()
+    try:
+        key = audit.anchor_key(create=False)
+    except audit.SecretUnavailable:
+        key = None  # anchors in the file are then reported as uncheckable
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return audit.verify(conn)
+            return audit.verify_anchored(conn, path, key, service)
+    finally:
+        engine.dispose()
+
+
+def anchor(database_url: str, service: str, anchors: Path | None = None) -> dict | None:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return audit.write_anchor(anchors or audit.anchor_file(), audit.anchor_key(), service, conn)
     finally:
         engine.dispose()
 
@@ -90,15 +115,18 @@ def seal(database_url: str, writer: str, owner: str = "chuangwei_audit") -> bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["verify", "migrate", "seal"])
+    parser.add_argument("action", choices=["verify", "anchor", "migrate", "seal"])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    parser.add_argument("--anchors", type=Path, help="verify, anchor: the anchor file (default AUDIT_ANCHOR_FILE, "
+                                                    "else var/audit-anchors.jsonl)")
+    parser.add_argument("--service", help="verify: only this service's anchors; anchor: the service it is made for")
     parser.add_argument("--writer", help="seal: the service's database user")
     parser.add_argument("--owner", default="chuangwei_audit", help="seal: the role that will own the log")
     args = parser.parse_args(argv)
     try:
         return _run(parser, args)
     except (ValueError, SQLAlchemyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"错误 error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -113,11 +141,25 @@ def _run(parser, args) -> int:
         print("audit_log is up to date")
         return 0
     if args.action == "verify":
-        result = verify(args.database_url)
+        result = verify(args.database_url, args.anchors, args.service)
         print(json.dumps(result.__dict__, ensure_ascii=False))
         if not result.ok:
-            print(f"audit log broken at entry {result.broken_seq}: {result.reason}", file=sys.stderr)
+            where = f"第 {result.broken_seq} 条" if result.broken_seq else "锚文件"
+            print(f"审计日志核验未通过（{where}）：{result.reason}\n"
+                  f"audit log broken at entry {result.broken_seq}", file=sys.stderr)
             return 1
+        if not result.anchors:
+            print(f"注意：{args.anchors or audit.anchor_file()} 中没有可核验的锚，截断或整体改写无法发现; "
+                  "note: no anchors to check, a cut tail or a rewritten chain would go unnoticed", file=sys.stderr)
+        else:
+            print(f"审计日志完好：{result.entries} 条，已对照 {result.anchors} 个锚（最新锚到第 {result.anchored_seq} 条）; "
+                  f"the audit log checks out against {result.anchors} anchors", file=sys.stderr)
+        return 0
+    if args.action == "anchor":
+        if not args.service:
+            parser.error("anchor needs --service (whose anchor it is)")
+        made = anchor(args.database_url, args.service, args.anchors)
+        print(json.dumps(made, ensure_ascii=False) if made else "头部已有锚，未重复写入; the head is anchored already")
         return 0
     if not args.writer:
         parser.error("seal needs --writer (the service's database user)")

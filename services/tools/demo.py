@@ -344,6 +344,8 @@ def start_stack(stack: Stack, config: federation.TierConfig) -> None:
         "PHOTOS_ADDRESS": f"127.0.0.1:{stack.port('photos')}",
         "CONSOLE_ADDRESS": f"127.0.0.1:{stack.port('console')}",
         "PHOTOS_DIR": str(VAR / stack.node / "photos"),
+        # each tier's audit logs are anchored in a file of its own (one chain per database)
+        "AUDIT_ANCHOR_FILE": str(VAR / stack.node / "audit-anchors.jsonl"),
         "CHILD_STACKS": ",".join(stack.children),
         # The tier above runs a stack of its own in the demo: escalations go up the link to it.
         "PARENT_STACK": stack.tier.parent or "",

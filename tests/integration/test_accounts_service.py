@@ -3,23 +3,26 @@ running next to the inspection service, which verifies accounts' tokens against 
 JWKS (AUTH_JWKS_URL) like every service of a stack does."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import jwt
 import pytest
 import requests
-from sqlalchemy import create_engine
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from services.accounts import operations as ops
 from services.accounts.service import AccountsService
 from services.inspection.service import InspectionService
 from services.plumbing import clock
-from services.plumbing.auth import Grant
+from services.plumbing.auth import Grant, SigningKey
 from tests import support
 
 pytestmark = pytest.mark.integration
@@ -200,13 +203,85 @@ def test_a_rotated_key_stays_published_until_its_tokens_expire(stack):
     engine = create_engine(stack.database_url)
     try:
         with Session(engine) as session, session.begin():
-            new_key, retired = ops.rotate_signing_key(session, clock.now())
+            new_key, retired = ops.rotate_signing_key(session, clock.now(), ops.KeyCipher.from_config(stack.config))
     finally:
         engine.dispose()
     assert retired == [old_kid]
     kids = [k["kid"] for k in requests.get(f"{stack.accounts}/.well-known/jwks.json", timeout=30).json()["keys"]]
     assert set(kids) == {old_kid, new_key.kid}
     assert support.ApiClient(stack.inspection, token=old_token).get("/openapi.json").status_code == 200
+
+
+def signing_key_rows(database_url: str) -> list[tuple]:
+    """What a dump of the database holds of the issuer's keys: the rows, read with SQL."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(
+                "SELECT kid, private_pem, public_jwk::text, created_at, retired_at FROM accounts_signing_keys"))]
+    finally:
+        engine.dispose()
+
+
+def test_a_dump_of_the_database_cannot_sign_a_token(amqp_uri, database_url, tmp_path):
+    """The issuer's private key is stored encrypted with a key kept outside the database: the
+    rows read with SQL hold no PEM, and without the operator's key they open to nothing."""
+    key_file = tmp_path / "kek"
+    key_file.write_bytes(Fernet.generate_key())
+    with run_stack(amqp_uri, database_url, ACCOUNTS_KEY_ENCRYPTION_KEY_FILE=str(key_file)) as running:
+        make_user(database_url, "admin", STREET, [("administrator", STREET)])
+        token = running.token("admin")
+        rows = signing_key_rows(database_url)
+        assert len(rows) == 1
+        dump = repr(rows)
+        assert "PRIVATE KEY" not in dump and "-----BEGIN" not in dump
+        kid, stored = rows[0][0], rows[0][1]
+        assert jwt.get_unverified_header(token)["kid"] == kid
+        with pytest.raises(ops.KeyUnreadable, match="无法解密"):
+            ops.KeyCipher(Fernet.generate_key()).open(stored, kid)
+        # The operator's key opens it: the key that signed the token.
+        private_pem = ops.KeyCipher(key_file.read_bytes()).open(stored, kid)
+        jwt.decode(token, key=jwt.PyJWK(SigningKey.from_pem(private_pem, kid=kid).public_jwk), algorithms=["ES256"],
+                   audience="chuangwei", issuer="chuangwei")
+
+        # A rotation (the operator's command uses the same key) stores the new key encrypted too.
+        engine = create_engine(database_url)
+        try:
+            with Session(engine) as session, session.begin():
+                ops.rotate_signing_key(session, clock.now(), ops.KeyCipher(key_file.read_bytes()))
+        finally:
+            engine.dispose()
+        assert len(signing_key_rows(database_url)) == 2
+        assert "PRIVATE KEY" not in repr(signing_key_rows(database_url))
+
+
+def test_a_key_an_earlier_version_stored_in_plain_text_is_encrypted_at_start(amqp_uri, database_url, tmp_path):
+    from services.plumbing.db import run_migrations
+    import services.accounts
+    old = SigningKey.generate()
+    engine = create_engine(database_url)
+    try:
+        run_migrations(engine, Path(services.accounts.__file__).parent / "migrations", "alembic_version_accounts")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO accounts_signing_keys (kid, private_pem, public_jwk, created_at) "
+                              "VALUES (:kid, :pem, CAST(:jwk AS json), now())"),
+                         {"kid": old.kid, "pem": old.private_pem.decode("ascii"), "jwk": json.dumps(old.public_jwk)})
+    finally:
+        engine.dispose()
+    assert "PRIVATE KEY" in repr(signing_key_rows(database_url))  # as an earlier version left it
+
+    key_file = tmp_path / "kek"
+    key_file.write_text("运维人员保管的口令 an operator's passphrase of some length")
+    with run_stack(amqp_uri, database_url, ACCOUNTS_KEY_ENCRYPTION_KEY_FILE=str(key_file)) as running:
+        rows = signing_key_rows(database_url)
+        assert [row[0] for row in rows] == [old.kid]
+        assert "PRIVATE KEY" not in repr(rows) and rows[0][1].startswith(ops.SEALED_PREFIX)
+        make_user(database_url, "admin", STREET, [("administrator", STREET)])
+        token = running.token("admin")  # still signed with the same key, now decrypted
+        assert jwt.get_unverified_header(token)["kid"] == old.kid
+        jwt.decode(token, key=jwt.PyJWK(old.public_jwk), algorithms=["ES256"], audience="chuangwei",
+                   issuer="chuangwei")
+        assert support.ApiClient(running.inspection, token=token).get("/openapi.json").status_code == 200
 
 
 def test_a_configured_key_file_signs_the_tokens(amqp_uri, database_url, tmp_path):

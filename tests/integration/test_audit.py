@@ -5,6 +5,7 @@ edited behind the trigger's back is found by /audit/verify and by the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from services.plumbing.auth import INSPECTOR, PUBLIC, signed_in
 from services.plumbing.db import Database
 from services.plumbing.http import api
 from tests import support
+from services.inspection.service import InspectionService
 from tests.integration.test_inspection_service import COMMUNITY, inspection_body, register
 
 pytestmark = pytest.mark.integration
@@ -50,9 +52,12 @@ def execute_as_service(database_url: str, sql: str) -> None:
         engine.dispose()
 
 
-def cli_verify(database_url: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.tools.audit", "verify", "--database-url", database_url],
-                          capture_output=True, text=True, timeout=60, cwd=support.ROOT)
+def cli_verify(database_url: str, config: dict | None = None, *args: str) -> subprocess.CompletedProcess:
+    """The operator's command, with the stack's anchor file and key (none: a file of no anchors)."""
+    anchors = (config or support.base_config("", ""))["AUDIT_ANCHOR_FILE"]
+    env = {**os.environ, "AUDIT_ANCHOR_FILE": anchors, "AUDIT_ANCHOR_KEY": support.TEST_ANCHOR_KEY}
+    return subprocess.run([sys.executable, "-m", "services.tools.audit", "verify", "--database-url", database_url,
+                           *args], capture_output=True, text=True, timeout=60, cwd=support.ROOT, env=env)
 
 
 def test_every_write_has_one_entry_with_the_actor_and_the_request_id(inspection_stack):
@@ -186,6 +191,95 @@ def test_a_removed_entry_is_detected(inspection_stack):
     assert cli_verify(database_url).returncode == 1
 
 
+@pytest.fixture
+def anchored_stack(amqp_uri, database_url, tmp_path):
+    """The inspection service anchoring its log's head every few tenths of a second."""
+    port = support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"inspection": f"127.0.0.1:{port}"},
+                                 AUDIT_ANCHOR_INTERVAL=0.3, AUDIT_ANCHOR_FILE=str(tmp_path / "audit-anchors.jsonl"))
+    with support.running_services(config, InspectionService):
+        yield {"api": support.ApiClient(f"http://127.0.0.1:{port}"), "config": config, "database_url": database_url,
+               "anchors": tmp_path / "audit-anchors.jsonl"}
+
+
+def anchored_seqs(path) -> list[int]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["seq"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def three_anchored_entries(stack) -> None:
+    api = stack["api"]
+    register(api)
+    assert api.post("/subjects", {"subject_type": "department", "node": STREET, "name": "城管中队"}).status_code == 201
+    support.wait_until(lambda: 3 in anchored_seqs(stack["anchors"]), timeout=20)
+    line = json.loads(stack["anchors"].read_text().splitlines()[-1])
+    assert line["service"] == "inspection" and line["hash"] == entries_for(stack["database_url"])[2]["hash"]
+    assert line["signature"].startswith("hmac-sha256:") and line["at"]
+    verification = api.get("/audit/verify").json()
+    assert verification["ok"] is True and verification["anchored_seq"] == 3 and verification["anchors"] >= 1
+    clean = cli_verify(stack["database_url"], stack["config"])
+    assert clean.returncode == 0, clean.stderr
+
+
+def rewrite_from(database_url: str, seq: int, **changes) -> None:
+    """What a superuser could do: edit entry `seq` and recompute every hash after it, so the
+    chain is valid in itself."""
+    rows = entries_for(database_url)
+    prev = rows[seq - 2]["hash"] if seq > 1 else audit.GENESIS
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER ALL"))
+            for row in rows[seq - 1:]:
+                row = {**row, **(changes if row["seq"] == seq else {}), "prev_hash": prev}
+                row["hash"] = prev = audit.entry_hash(row)
+                conn.execute(audit.audit_log.update().where(audit.audit_log.c.seq == row["seq"]).values(**row))
+            conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER ALL"))
+    finally:
+        engine.dispose()
+
+
+def test_a_rewritten_chain_is_found_by_the_anchor_kept_outside_the_database(anchored_stack):
+    api, database_url = anchored_stack["api"], anchored_stack["database_url"]
+    three_anchored_entries(anchored_stack)
+
+    rewrite_from(database_url, 2, actor_name="别人")
+    with create_engine(database_url).connect() as conn:
+        assert audit.verify(conn).ok  # valid in itself: only the anchor can tell
+
+    verification = api.get("/audit/verify").json()
+    # the first anchor at or after the edited entry (one may have been made at entry 2)
+    assert verification["ok"] is False and verification["broken_seq"] in (2, 3), verification
+    assert "审计日志被改写" in verification["reason"] and "rewritten" in verification["reason"]
+    broken = cli_verify(database_url, anchored_stack["config"])
+    assert broken.returncode == 1 and "审计日志被改写" in broken.stderr, broken.stderr
+
+
+def test_a_cut_tail_is_found_by_the_anchor_kept_outside_the_database(anchored_stack):
+    api, database_url = anchored_stack["api"], anchored_stack["database_url"]
+    three_anchored_entries(anchored_stack)
+
+    execute_as_service(database_url, "ALTER TABLE audit_log DISABLE TRIGGER ALL")
+    execute_as_service(database_url, "DELETE FROM audit_log WHERE seq >= 2")
+    execute_as_service(database_url, "ALTER TABLE audit_log ENABLE TRIGGER ALL")
+    with create_engine(database_url).connect() as conn:
+        assert audit.verify(conn).ok  # a shorter chain, valid in itself
+
+    verification = api.get("/audit/verify").json()
+    assert verification["ok"] is False and verification["broken_seq"] == 2 and verification["head_seq"] == 1
+    assert "审计日志被截断" in verification["reason"] and "第 3 条" in verification["reason"], verification
+    broken = cli_verify(database_url, anchored_stack["config"])
+    assert broken.returncode == 1 and "审计日志被截断" in broken.stderr, broken.stderr
+
+    # An anchor line edited to hide the cut does not pass either: it is signed.
+    path = anchored_stack["anchors"]
+    forged = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**a, "seq": 1}) + "\n" for a in forged))
+    refused = cli_verify(database_url, anchored_stack["config"])
+    assert refused.returncode == 1 and "签名不对" in refused.stderr, refused.stderr
+
+
 def test_concurrent_writes_keep_one_chain(inspection_stack):
     api, database_url = inspection_stack["api"], inspection_stack["database_url"]
     statuses = []
@@ -202,7 +296,8 @@ def test_concurrent_writes_keep_one_chain(inspection_stack):
     assert [e["seq"] for e in entries_for(database_url)] == list(range(1, 9))
     assert api.get("/audit/verify").json() == {"ok": True, "entries": 8, "head_seq": 8,
                                                "head_hash": entries_for(database_url)[-1]["hash"],
-                                               "broken_seq": None, "reason": None}
+                                               "broken_seq": None, "reason": None, "anchors": 0,
+                                               "anchored_seq": None}
 
 
 def test_a_sealed_log_is_out_of_the_writers_reach(inspection_stack, pg_admin):

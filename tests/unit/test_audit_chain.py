@@ -313,3 +313,75 @@ def test_a_row_inserted_then_changed_in_one_transaction_shows_as_inserted(factor
     assert first["after"]["unit_contact/C1"]["email"] == "second@example.cn"
     assert second["before"] == {"unit_contact/C2": {"email": "x@example.cn"}}
     assert second["after"] == {"unit_contact/C2": {"email": "z@example.cn"}}
+
+
+# --- anchors: the head signed into a file outside the database ---
+
+ANCHOR_KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def rewrite_from(engine, seq: int, **changes) -> None:
+    """Edit entry `seq` and recompute every hash from there on: a chain valid in itself."""
+    rows = entries(engine)
+    prev = rows[seq - 2]["hash"] if seq > 1 else audit.GENESIS
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_log_no_update"))
+        for row in rows[seq - 1:]:
+            row = {**row, **(changes if row["seq"] == seq else {}), "prev_hash": prev}
+            row["hash"] = prev = audit.entry_hash(row)
+            conn.execute(audit.audit_log.update().where(audit.audit_log.c.seq == row["seq"]).values(**row))
+
+
+def anchored(engine, path) -> audit.Verification:
+    with engine.connect() as conn:
+        return audit.verify_anchored(conn, path, ANCHOR_KEY)
+
+
+def test_a_rewritten_chain_is_found_by_its_anchor(engine, tmp_path):
+    path = tmp_path / "anchors.jsonl"
+    with engine.begin() as conn:
+        append_plain(conn, 3)
+    with engine.connect() as conn:
+        assert audit.write_anchor(path, ANCHOR_KEY, "inspection", conn)["seq"] == 3
+    with engine.begin() as conn:
+        append_plain(conn, 2)
+    rewrite_from(engine, 2, actor_name="别人")
+    with engine.connect() as conn:
+        assert audit.verify(conn).ok  # valid in itself: only the anchor tells
+    result = anchored(engine, path)
+    assert not result.ok and result.broken_seq == 3 and result.anchors == 1, result
+    assert "被改写" in result.reason and "rewritten" in result.reason and "第 1–3 条" in result.reason
+
+
+def test_a_cut_tail_is_found_by_its_anchor(engine, tmp_path):
+    path = tmp_path / "anchors.jsonl"
+    with engine.begin() as conn:
+        append_plain(conn, 5)
+    with engine.connect() as conn:
+        audit.write_anchor(path, ANCHOR_KEY, "inspection", conn)
+    assert anchored(engine, path).ok and anchored(engine, path).anchored_seq == 5
+    tamper(engine, "DELETE FROM audit_log WHERE seq >= 4")
+    with engine.connect() as conn:
+        assert audit.verify(conn).ok
+    result = anchored(engine, path)
+    assert not result.ok and result.broken_seq == 4 and result.head_seq == 3, result
+    assert "截断" in result.reason and "第 5 条" in result.reason and "cut" in result.reason
+
+
+def test_an_anchor_file_with_an_edited_or_foreign_line_is_refused(engine, tmp_path):
+    path = tmp_path / "anchors.jsonl"
+    with engine.begin() as conn:
+        append_plain(conn, 2)
+    with engine.connect() as conn:
+        anchor = audit.write_anchor(path, ANCHOR_KEY, "inspection", conn)
+        # the same head is not anchored twice; another service's anchors are its own
+        assert audit.write_anchor(path, ANCHOR_KEY, "inspection", conn) is None
+        assert audit.write_anchor(path, ANCHOR_KEY, "scoring", conn)["seq"] == 2
+    assert len(path.read_text().splitlines()) == 2
+    assert len(audit.read_anchors(path, ANCHOR_KEY, "inspection")) == 1
+    path.write_text(path.read_text() + audit.canonical_json({**anchor, "seq": 9}) + "\n")
+    result = anchored(engine, path)
+    assert not result.ok and "第 3 行的签名不对" in result.reason
+    with engine.connect() as conn:
+        assert not audit.verify_anchored(conn, tmp_path / "none.jsonl", ANCHOR_KEY).anchors
+        assert audit.verify_anchored(conn, tmp_path / "none.jsonl", ANCHOR_KEY).ok
