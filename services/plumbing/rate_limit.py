@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import hmac
 import math
+import os
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Iterable
 
 
@@ -39,8 +43,34 @@ RELAY_HEADER = "X-Chuangwei-Relay"
 its X-Forwarded-For then names the client it relays for."""
 
 
+DEFAULT_RELAY_SECRET_FILE = "var/console-relay.secret"
+
+
 def relay_secret(config: dict) -> str | None:
-    return str(config.get("CONSOLE_RELAY_SECRET") or "") or None
+    """CONSOLE_RELAY_SECRET if set; else the secret in CONSOLE_RELAY_SECRET_FILE (default
+    var/console-relay.secret), made at the first start of a stack whose console and accounts
+    share this machine — so the README's stack counts each person's address without a setting
+    (containers on several machines set the variable). None when no file can be had."""
+    value = config.get("CONSOLE_RELAY_SECRET")
+    if value:
+        return str(value)
+    path = Path(str(config.get("CONSOLE_RELAY_SECRET_FILE") or DEFAULT_RELAY_SECRET_FILE))
+    for _ in range(20):
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(32))
+            secret = path.read_text().strip()
+        except FileExistsError:  # another process of the stack made it at this moment
+            secret = ""
+        except OSError:
+            return None
+        if secret:
+            return secret
+        time.sleep(0.05)  # written in a moment by whoever created it
+    return None
 
 
 def client_address(request, *, trust_forwarded_for: bool = False, relay_secret: str | None = None) -> str:
