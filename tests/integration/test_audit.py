@@ -63,9 +63,9 @@ def cli_verify(database_url: str, config: dict | None = None, *args: str) -> sub
 def test_every_write_has_one_entry_with_the_actor_and_the_request_id(inspection_stack):
     api, database_url = inspection_stack["api"], inspection_stack["database_url"]
     subject, place = register(api)
-    created = api.post("/inspections", inspection_body(subject, place, idempotency_key="phone-1"),
-                       headers={"X-Request-Id": "gateway-req-0001"})
-    replay = api.post("/inspections", inspection_body(subject, place, idempotency_key="phone-1"))
+    body = inspection_body(subject, place, idempotency_key="phone-1")
+    created = api.post("/inspections", body, headers={"X-Request-Id": "gateway-req-0001"})
+    replay = api.post("/inspections", body)  # a phone's retry sends the very same body
     wang = api.as_user("王芳", [("administrator", DISTRICT)], subject="u-wangfang")
     by_wang = wang.post("/subjects", {"subject_type": "department", "node": STREET, "name": "金牛山街道城管中队"})
     assert created.status_code == 201 and replay.status_code == 200 and by_wang.status_code == 201, by_wang.text
