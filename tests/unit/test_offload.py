@@ -63,3 +63,12 @@ def test_all_workers_busy_is_busy_not_a_queue_without_end():
         slow.wait()
     finally:
         pool.close()
+
+
+def test_busy_or_dead_workers_are_an_outage_for_the_client_503_with_retry_after():
+    import services.inspection.service  # noqa: F401 - registers, as photos' does
+    import services.photos.service  # noqa: F401
+    from services.plumbing.db import unavailable_dependency
+    assert unavailable_dependency(offload.Busy("all busy")) == "worker processes"
+    assert unavailable_dependency(offload.WorkerFailed("gone")) == "worker processes"
+    assert unavailable_dependency(offload.TooSlow("slow")) is None  # the content's fault: 422 by the caller
