@@ -15,7 +15,8 @@ the process keeps running meanwhile.
   its worker is killed and a new one is started for the next call.
 - Each worker's address space is limited (RLIMIT_AS, `OFFLOAD_MEMORY_MB`, default 1024):
   a job that tries to use more fails in the worker (MemoryError → `TooLarge`), not in the
-  service.
+  service; a worker left with more than `OFFLOAD_RECYCLE_MB` (default 256) resident after a
+  job is replaced, so a big spreadsheet's memory does not stay taken.
 - `fn` must be a module-level function; its arguments, result and the exceptions it raises
   travel pickled (the domain errors of `services.contracts.errors` do).
 No nameko import: use cases may call it.
@@ -33,6 +34,9 @@ import time
 
 DEFAULT_WORKERS = int(os.environ.get("OFFLOAD_WORKERS", "2"))
 DEFAULT_MEMORY_MB = int(os.environ.get("OFFLOAD_MEMORY_MB", "1024"))
+# A worker whose resident memory grew past this after a job is replaced rather than kept
+# (a large decode's pages are not handed back to the machine otherwise).
+RECYCLE_MB = int(os.environ.get("OFFLOAD_RECYCLE_MB", "256"))
 _HEADER = struct.Struct("!Q")
 
 
@@ -170,12 +174,15 @@ class Pool:
             deadline = time.monotonic() + timeout
             payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                ok, value = worker.call(payload, deadline)
+                ok, value, retiring = worker.call(payload, deadline)
             except BaseException:
                 worker.kill()  # too slow, dead or interrupted: never reused
                 raise
-            with self._lock:
-                self._idle.append(worker)
+            if retiring:  # it grew past RECYCLE_MB: its memory goes back to the machine
+                worker.kill()
+            else:
+                with self._lock:
+                    self._idle.append(worker)
         finally:
             self._slots.release()
         if ok:
@@ -206,6 +213,15 @@ def run(fn, *args, timeout: float = 10.0, wait: float = 5.0):
     return pool().run(fn, *args, timeout=timeout, wait=wait)
 
 
+def _resident_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):  # not Linux: peak instead of current
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def serve() -> None:  # pragma: no cover - runs in the worker process
     """The worker's loop: read a job from stdin, answer on stdout, until stdin closes."""
     try:
@@ -230,10 +246,11 @@ def serve() -> None:  # pragma: no cover - runs in the worker process
             answer = (False, TooLarge("the job needed more memory than a worker may use"))
         except Exception as exc:  # noqa: BLE001 - sent back to the caller
             answer = (False, exc)
+        retiring = _resident_mb() > RECYCLE_MB
         try:
-            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((*answer, retiring), protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(data)  # an exception that cannot travel is sent as one that can
         except Exception:  # noqa: BLE001
-            data = pickle.dumps((False, WorkerFailed(f"{answer[1]!r}")), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((False, WorkerFailed(f"{answer[1]!r}"), retiring), protocol=pickle.HIGHEST_PROTOCOL)
         stdout.write(_HEADER.pack(len(data)) + data)
         stdout.flush()

@@ -72,3 +72,20 @@ def test_busy_or_dead_workers_are_an_outage_for_the_client_503_with_retry_after(
     assert unavailable_dependency(offload.Busy("all busy")) == "worker processes"
     assert unavailable_dependency(offload.WorkerFailed("gone")) == "worker processes"
     assert unavailable_dependency(offload.TooSlow("slow")) is None  # the content's fault: 422 by the caller
+
+
+def _grow(megabytes):
+    global _kept
+    _kept = bytearray(megabytes * 1024 * 1024)
+    return len(_kept)
+
+
+def test_a_worker_left_big_by_its_job_is_replaced_so_its_memory_goes_back():
+    pool = offload.Pool(workers=1)
+    try:
+        assert pool.run(_grow, 1) == 1024 * 1024
+        assert pool.run(_grow, 1) and pool.started == 1  # small: kept
+        assert pool.run(_grow, offload.RECYCLE_MB + 50)
+        assert pool.run(sum, [1]) == 1 and pool.started == 2  # the big one was replaced
+    finally:
+        pool.close()
