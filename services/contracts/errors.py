@@ -14,6 +14,18 @@ class DomainError(Exception):
         self.field = field
         self.reason = reason
 
+    def __reduce__(self):
+        # Whatever a subclass's __init__ takes: errors travel pickled from worker processes
+        # (services.plumbing.offload).
+        return _rebuild, (self.__class__, self.args, self.__dict__)
+
+
+def _rebuild(cls, args, state):
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class RuleViolation(DomainError, ValueError):
     """The input breaks a business rule (422)."""

@@ -381,15 +381,21 @@ def define_questionnaire(session: Session, ctx: Context, principal: Principal, b
     return _questionnaire_out(row)
 
 
-def list_questionnaires(session: Session) -> list[QuestionnaireOut]:
+def _sees_questionnaire(principal: Principal, node: str) -> bool:
+    """A questionnaire is its office's: seen by those with a role on that office's node or above
+    it, and by those below it, whose areas it surveys — not by another office (issue 27)."""
+    return principal.sees(node) or any(is_within(mine, node) for mine in principal.nodes_with())
+
+
+def list_questionnaires(session: Session, principal: Principal) -> list[QuestionnaireOut]:
     rows = session.execute(select(Questionnaire).order_by(Questionnaire.code, Questionnaire.version)).scalars()
-    return [_questionnaire_out(r) for r in rows]
+    return [_questionnaire_out(r) for r in rows if _sees_questionnaire(principal, r.node)]
 
 
-def get_questionnaire(session: Session, code: str, version: str) -> QuestionnaireOut:
+def get_questionnaire(session: Session, code: str, version: str, principal: Principal) -> QuestionnaireOut:
     wanted = version.isascii() and version.isdigit() and len(version) < 8
     row = session.get(Questionnaire, (code, int(version))) if wanted else None
-    if row is None:
+    if row is None or not _sees_questionnaire(principal, row.node):
         raise UnknownReference("version", f"no questionnaire {code} version {version} (问卷不存在)")
     return _questionnaire_out(row)
 

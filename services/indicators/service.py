@@ -114,14 +114,15 @@ class IndicatorsService(operator_endpoints.OperatorEndpoints):
             return ops.define_questionnaire(session, self._ctx(), principal, body, self.clock.now())
 
     @api("GET", "/questionnaires", response=list[QuestionnaireOut], access=OFFICE,
-         summary="问卷列表 Every questionnaire version")
+         summary="问卷列表 The questionnaire versions of the caller's offices (defined on their nodes, "
+                 "above or below them)")
     def list_questionnaires(self, request, principal):
-        return ops.list_questionnaires(self.db.session)
+        return ops.list_questionnaires(self.db.session, principal)
 
     @api("GET", "/questionnaires/<code>/<version>", response=QuestionnaireOut, access=OFFICE,
          summary="问卷明细 One questionnaire version")
     def get_questionnaire(self, request, code, version, principal):
-        return ops.get_questionnaire(self.db.session, code, version)
+        return ops.get_questionnaire(self.db.session, code, version, principal)
 
     @api("POST", "/surveys", body=SurveyIn, response=SurveyOut, status=201, statuses=(200,), access=RECORDERS,
          summary="发起调查 Start a survey wave: draw each area's random sample (seed recorded) and issue one-time "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
@@ -30,6 +31,14 @@ from services.contracts.vocab import INSPECTION_KIND_LABELS, PLACE_TYPE_LABELS, 
 SUBJECTS, PLACES, INSPECTIONS, LEDGER = "考评对象", "检查点位", "检查记录", "整改台账"
 MAX_ISSUES = 200
 MAX_ROWS = 20000
+# A workbook is a zip: 410 KB of it once expanded to a 400 MB string in the parser (issue 27).
+# The sizes its directory declares bind the reader (zipfile stops at them), so they are
+# checked before anything is parsed. The template's columns fit many times in MAX_COLUMNS;
+# cells beyond it are not read at all.
+MAX_UNCOMPRESSED = 40 * 1024 * 1024
+MAX_MEMBER = 25 * 1024 * 1024
+MAX_MEMBERS = 500
+MAX_COLUMNS = 64
 
 
 @dataclass(frozen=True)
@@ -348,7 +357,7 @@ def _rows(book, sheet_name: str, issues: list[Issue]) -> list[_Row]:
     if sheet_name not in book.sheetnames:
         return []
     sheet = book[sheet_name]
-    rows = sheet.iter_rows(values_only=True)
+    rows = sheet.iter_rows(values_only=True, max_col=MAX_COLUMNS)
     header = next(rows, None)
     if header is None:
         return []
@@ -373,10 +382,39 @@ def _split(names: str | None) -> list[str]:
     return [n for n in _SEPARATORS.split(names or "") if n]
 
 
+def _file_problem(reason: str) -> ImportRejected:
+    return ImportRejected([Issue("file", 0, "content_base64", reason)])
+
+
+def check_archive(content: bytes) -> None:
+    """Refuse, from the zip's directory alone, a workbook that would expand beyond the bounds
+    (a zip bomb): nothing is decompressed here."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise _file_problem("不是有效的 .xlsx 文件 (not an .xlsx workbook)") from None
+    if len(members) > MAX_MEMBERS:
+        raise _file_problem(f"文件内部条目过多：{len(members)}个，上限{MAX_MEMBERS}个 "
+                            f"(the workbook holds {len(members)} parts; at most {MAX_MEMBERS})")
+    total = 0
+    for member in members:
+        if member.file_size > MAX_MEMBER:
+            raise _file_problem(f"文件解压后过大：{member.filename} 为{member.file_size}字节，单个部分上限{MAX_MEMBER}字节 "
+                                f"(a part of the workbook expands beyond the limit)")
+        total += member.file_size
+    if total > MAX_UNCOMPRESSED:
+        raise _file_problem(f"文件解压后过大：共{total}字节，上限{MAX_UNCOMPRESSED}字节，请拆分后分批导入 "
+                            f"(the workbook expands to {total} bytes; at most {MAX_UNCOMPRESSED})")
+
+
 def parse_workbook(content: bytes, now: datetime) -> ImportPlan:
-    """Read an upload; raise `ImportRejected` listing every problem a row shows by itself."""
+    """Read an upload; raise `ImportRejected` listing every problem a row shows by itself.
+    Bounded (`check_archive`, MAX_ROWS, MAX_COLUMNS, openpyxl's read-only mode) but costly:
+    the service runs it in a worker process (`services.plumbing.offload`)."""
     from openpyxl import load_workbook
 
+    check_archive(content)
     issues: list[Issue] = []
     try:
         book = load_workbook(io.BytesIO(content), read_only=True, data_only=True)

@@ -28,12 +28,15 @@ from services.plumbing.timers import ConfigurableTimer
 from services.plumbing.db import Database
 from services.plumbing.evidence import PhotoEvidence, cited
 from services.plumbing.http import Unprocessable, api
-from services.plumbing import operator_endpoints
+from services.plumbing import offload, operator_endpoints
+from services.plumbing.db import register_outage
 from services.plumbing.outbox import Outbox
 from services.plumbing.providers import CatalogueProvider, Identity
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+IMPORT_PARSE_SECONDS = 60  # 20,000 rows parse in well under it on a small machine
+register_outage("worker processes", offload.Busy, offload.WorkerFailed)
 
 
 class InspectionService(operator_endpoints.OperatorEndpoints):
@@ -119,6 +122,20 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
 
     # --- history import (历史导入) ---
 
+    def _parse(self, content: bytes, now):
+        """The workbook parsed in a worker process (`offload`): the service keeps answering, and a
+        parse past IMPORT_PARSE_SECONDS is abandoned (422 naming the file)."""
+        limit = float(self.config.get("IMPORT_PARSE_SECONDS", IMPORT_PARSE_SECONDS))
+        imports.check_archive(content)  # the zip's directory only: a bomb is refused here, at once
+        try:
+            return offload.run(imports.parse_workbook, content, now, timeout=limit)
+        except offload.TooSlow:
+            raise RuleViolation("content_base64", f"表格解析超时（超过{limit:g}秒），未导入任何数据，请拆分后分批导入 "
+                                                  f"(parsing the workbook took longer than {limit:g} s)") from None
+        except offload.TooLarge:
+            raise RuleViolation("content_base64", "表格解析所需内存过多，未导入任何数据，请拆分后分批导入 "
+                                                  "(parsing the workbook needs too much memory)") from None
+
     @api("GET", "/imports/template.xlsx", access=signed_in(ADMINISTRATOR), content_type=XLSX,
          summary="历史数据导入模板 The Excel template for importing history",
          description="Sheets 考评对象, 检查点位, 检查记录 and 整改台账 with Chinese headers (required ones in red, "
@@ -142,7 +159,7 @@ class InspectionService(operator_endpoints.OperatorEndpoints):
             raise RuleViolation("content_base64", "不是有效的 base64 (not base64)") from None
         now = ops._now()
         try:
-            plan = imports.parse_workbook(content, now)
+            plan = self._parse(content, now)
             with self.db.transaction() as session:
                 result = ops.import_history(session, plan, self.catalogue, self._jurisdiction(), self.outbox,
                                             self._scale, principal, now)

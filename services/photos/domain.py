@@ -21,7 +21,11 @@ from services.contracts.errors import RuleViolation
 
 ACCEPTED = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 DEFAULT_MAX_BYTES = 15 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
+# 16 megapixels (4608×3456, a phone's full-resolution photo; 4000×4000) decode in about half a
+# second; a 7000×7000 WebP of 87 KB took seconds (issue 27). Refused from the header, before
+# any pixel is decoded; what is accepted is decoded in a worker process within DECODE_SECONDS.
+DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_DECODE_SECONDS = 5.0
 THUMBNAIL_EDGE = 320
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A phone's EXIF time has no zone unless OffsetTimeOriginal says so; the campaign's phones
@@ -36,6 +40,7 @@ _DATETIME_ORIGINAL, _OFFSET_ORIGINAL, _DATETIME = 36867, 36881, 306
 class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_seconds: float = DEFAULT_DECODE_SECONDS
 
 
 @dataclass
@@ -59,34 +64,59 @@ def check_name(sha256: str, field_name: str = "sha256") -> str:
     return sha256
 
 
-def examine(data: bytes, limits: Limits = Limits()) -> PhotoFacts:
-    """What the bytes are; raises RuleViolation(field "body") naming why they are refused."""
+def header(data: bytes, limits: Limits = Limits()) -> tuple[str, int, int]:
+    """(format, width, height) from the file's header alone — Pillow's `Image.open` reads no
+    pixel — refusing, before anything is decoded, what is not a photo, too many bytes or too
+    many pixels. Cheap enough to run in the service itself."""
     if not data:
-        raise RuleViolation("body", "the request body is empty: send the photo's bytes (照片内容为空)")
+        raise RuleViolation("body", "照片内容为空，请上传照片文件 (the request body is empty: send the photo's bytes)")
     if len(data) > limits.max_bytes:
-        raise RuleViolation("body", f"the photo is {len(data)} bytes; at most {limits.max_bytes} are accepted "
-                                    f"(照片过大)")
+        raise RuleViolation("body", f"照片过大：{len(data)}字节，上限{limits.max_bytes}字节 "
+                                    f"(the photo is {len(data)} bytes; at most {limits.max_bytes} are accepted)")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             kind = probe.format
             width, height = probe.size
-            if kind not in ACCEPTED:
-                raise RuleViolation("body", f"a {kind or 'unknown'} image is not accepted; send JPEG, PNG or WebP "
-                                            f"(仅支持 JPEG/PNG/WebP 照片)")
-            if width * height > limits.max_pixels:
-                raise RuleViolation("body", f"{width}×{height} pixels exceeds the limit of {limits.max_pixels} "
-                                            f"(照片像素过多)")
-            probe.verify()  # structure and checksums, without decoding all the pixels twice
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(exc) from exc
+    if kind not in ACCEPTED:
+        raise RuleViolation("body", f"仅支持 JPEG/PNG/WebP 照片 (a {kind or 'unknown'} image is not accepted; "
+                                    f"send JPEG, PNG or WebP)")
+    if width * height > limits.max_pixels:
+        raise RuleViolation("body", f"照片像素过多：{width}×{height}，上限{limits.max_pixels}像素，请缩小后上传 "
+                                    f"({width}×{height} pixels exceeds the limit of {limits.max_pixels})")
+    return kind, width, height
+
+
+def _unreadable(exc: BaseException) -> RuleViolation:
+    return RuleViolation("body", f"文件不是有效的照片 (the content is not a readable JPEG, PNG or WebP image: "
+                                 f"{exc.__class__.__name__})")
+
+
+def examine(data: bytes, limits: Limits = Limits()) -> PhotoFacts:
+    """What the bytes are; raises RuleViolation(field "body") naming why they are refused.
+    Decodes every pixel: run it in a worker process (`decode`), not in a service."""
+    kind, width, height = header(data, limits)
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # structure and checksums
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a truncated file fails here, not when someone opens it later
             exif = image.getexif()
-    except RuleViolation:
-        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RuleViolation("body", f"the content is not a readable JPEG, PNG or WebP image ({exc.__class__.__name__}) "
-                                    f"(文件不是有效的照片)") from exc
+        raise _unreadable(exc) from exc
     return PhotoFacts(sha256=sha256_of(data), content_type=ACCEPTED[kind], size=len(data), width=width,
                       height=height, taken_at=capture_time(exif), gps=capture_place(exif))
+
+
+def decode(data: bytes, limits: Limits = Limits()) -> tuple[PhotoFacts, bytes]:
+    """(facts, thumbnail): everything that decodes pixels, in one trip to a worker process
+    (`services.plumbing.offload`)."""
+    facts = examine(data, limits)
+    try:
+        return facts, thumbnail(data)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(exc) from exc
 
 
 def capture_time(exif) -> datetime | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.contracts.errors import UnknownReference
+from services.contracts.errors import RuleViolation, UnknownReference
 from services.contracts.identity import Principal
 from services.photos import domain
 from services.photos.schemas import PhotoOut, PhotoQuery
 from services.photos.storage import PhotoStore
+from services.plumbing import offload
 from services.plumbing.upstream import Upstreams
 
 THUMBNAIL_SUFFIX = ".thumb.jpg"
@@ -31,13 +32,19 @@ def photo_out(meta: dict) -> PhotoOut:
 def store_photo(store: PhotoStore, data: bytes, limits: domain.Limits, principal: Principal,
                 now: datetime) -> tuple[bool, PhotoOut]:
     """(created, photo): the same bytes again are the same photo (created False); the new
-    uploader is remembered so that they may see what they sent."""
-    facts = domain.examine(data, limits)
-    meta = store.get_json(facts.sha256 + ".json")
+    uploader is remembered so that they may see what they sent.
+
+    The header is checked here (type, bytes, pixels: nothing decoded); the pixels are decoded
+    in a worker process (`offload`), so that a costly photo holds no other request of the
+    service, and one decoding longer than `limits.decode_seconds` is abandoned (422)."""
+    domain.header(data, limits)
+    sha256 = domain.sha256_of(data)
+    meta = store.get_json(sha256 + ".json")
     created = meta is None
     if created:
+        facts, thumb = decode(data, limits)
         store.put(facts.sha256, data)
-        store.put(facts.sha256 + THUMBNAIL_SUFFIX, domain.thumbnail(data))
+        store.put(facts.sha256 + THUMBNAIL_SUFFIX, thumb)
         meta = {"sha256": facts.sha256, "content_type": facts.content_type, "size": facts.size,
                 "width": facts.width, "height": facts.height,
                 "taken_at": facts.taken_at.isoformat() if facts.taken_at else None, "gps": facts.gps,
@@ -47,6 +54,17 @@ def store_photo(store: PhotoStore, data: bytes, limits: domain.Limits, principal
         meta["uploaded_by"] = [*meta.get("uploaded_by", []), principal.subject]
         store.put_json(facts.sha256 + ".json", meta)
     return created, photo_out(meta)
+
+
+def decode(data: bytes, limits: domain.Limits) -> tuple[domain.PhotoFacts, bytes]:
+    try:
+        return offload.run(domain.decode, data, limits, timeout=limits.decode_seconds)
+    except offload.TooSlow:
+        raise RuleViolation("body", f"照片解码超时（超过{limits.decode_seconds:g}秒），已放弃处理，请缩小后重新上传 "
+                                    f"(decoding the photo took longer than {limits.decode_seconds:g} s)") from None
+    except offload.TooLarge:
+        raise RuleViolation("body", "照片解码所需内存过多，请缩小后重新上传 (decoding the photo needs too much memory)") \
+            from None
 
 
 def _may_see(meta: dict, query: PhotoQuery, principal: Principal, token: str | None, upstreams: Upstreams) -> bool:

@@ -29,7 +29,12 @@ Config (infra/nameko.yaml; each PHOTOS_* setting also from the environment varia
   PHOTOS_S3_MAX_ATTEMPTS (tries per call, default 3): an unreachable store is then a 503
                      with Retry-After, like a database outage
   PHOTOS_MAX_BYTES   largest accepted upload (default 15 MB)
-  PHOTOS_MAX_PIXELS  largest accepted width × height (default 50 megapixels)
+  PHOTOS_MAX_PIXELS  largest accepted width × height (default 16 megapixels, read from the
+                     header and refused before any pixel is decoded)
+  PHOTOS_DECODE_SECONDS  a photo's decoding (in a worker process, `services.plumbing.offload`)
+                     is abandoned after this long: 422 (default 5)
+  OFFLOAD_WORKERS, OFFLOAD_MEMORY_MB (environment)  worker processes (default 2) and each
+                     one's memory (default 1024 MiB); all busy for 5 s → 503 with Retry-After
   SERVICE_URLS       where inspection and tasks answer (default: their WEB_ADDRESSES)
 """
 from __future__ import annotations
@@ -41,11 +46,15 @@ from services.contracts.identity import INSPECTOR, RECTIFIER
 from services.photos import domain, operations as ops
 from services.photos.schemas import PhotoOut, PhotoQuery
 from services.photos.storage import open_store
-from services.plumbing import operator_endpoints
+from services.plumbing import offload, operator_endpoints
+from services.plumbing.db import register_outage
 from services.plumbing.auth import Authenticator, signed_in
 from services.plumbing.clock import Clock
 from services.plumbing.http import ApiError, api
 from services.plumbing.upstream import Upstreams
+
+
+register_outage("worker processes", offload.Busy, offload.WorkerFailed)
 
 
 class PhotoStoreProvider(DependencyProvider):
@@ -56,7 +65,8 @@ class PhotoStoreProvider(DependencyProvider):
         if check is not None:  # a bucket that does not exist fails the start, naming the setting
             check()
         self.limits = domain.Limits(int(config.get("PHOTOS_MAX_BYTES", domain.DEFAULT_MAX_BYTES)),
-                                    int(config.get("PHOTOS_MAX_PIXELS", domain.DEFAULT_MAX_PIXELS)))
+                                    int(config.get("PHOTOS_MAX_PIXELS", domain.DEFAULT_MAX_PIXELS)),
+                                    float(config.get("PHOTOS_DECODE_SECONDS", domain.DEFAULT_DECODE_SECONDS)))
         self.upstreams = Upstreams(config)
 
     def get_dependency(self, worker_ctx):

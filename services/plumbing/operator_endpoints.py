@@ -268,10 +268,13 @@ class OperatorEndpoints:
         return [AuditEntryOut.model_validate(row) for row in rows]
 
     @api("GET", "/audit/verify", response=AuditVerificationOut, access=signed_in(ADMINISTRATOR),
-         summary="核验审计日志 Verify the audit log's hash chain (ok, or the first broken entry)")
+         summary="核验审计日志 Verify the audit log's hash chain (ok, or the first broken entry; administrators "
+                 "of the stack's node or a node containing it)")
     def audit_verify(self, request, principal):
         """The chain in itself and against this service's anchors in AUDIT_ANCHOR_FILE: a
         rewritten chain or a cut tail fails too."""
+        # The whole log's count and head are the stack's office's, not another office's (issue 27).
+        principal.require(ADMINISTRATOR, home_node(self.config))
         try:
             key = audit.anchor_key(self.config, create=False)
         except audit.SecretUnavailable:

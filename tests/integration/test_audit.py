@@ -146,6 +146,19 @@ def test_administrators_query_the_log_of_their_nodes(inspection_stack):
         assert field in [e["field"] for e in refused.json()["errors"]], (params, refused.text)
 
 
+def test_only_the_stacks_office_and_the_offices_above_it_verify_its_log(inspection_stack):
+    """Issue 27: any administrator read the entry count and head of another office's log."""
+    api = inspection_stack["api"]
+    register(api)
+    for grants in ([("administrator", STREET)], [("administrator", DISTRICT)]):
+        verified = api.as_user("本级管理员", grants).get("/audit/verify")
+        assert verified.status_code == 200 and verified.json()["ok"] is True, verified.text
+    for node in (OTHER_DISTRICT, "411502008001"):  # another district; a community below the stack
+        refused = api.as_user("他处管理员", [("administrator", node)]).get("/audit/verify")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["field"] == "node" and "entries" not in refused.json()
+
+
 def test_the_services_database_user_cannot_rewrite_the_log(inspection_stack):
     api, database_url = inspection_stack["api"], inspection_stack["database_url"]
     register(api)

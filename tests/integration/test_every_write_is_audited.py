@@ -270,7 +270,8 @@ EXAMPLES = [
     Example(("notify", "POST", "/inbox/<notification_id>/ack"), "inbox", 200, path="/inbox/{notification}/ack"),
     Example(("notify", "POST", "/dead-letters/<dead_letter_id>/replay"), "admin", 200,
             path="/dead-letters/{dead_letter}/replay", before=_dead_letter),
-    Example(("notify", "POST", "/bulletins"), "admin", 201, body={"period": MONTH, "notify": False}),
+    Example(("notify", "POST", "/bulletins"), "admin", 201,  # a month that has ended (issue 27)
+            body={"period": Period.containing(PeriodKind.month, NOW).previous().key, "notify": False}),
     Example(("notify", "POST", "/newsletters"), "admin", 201,
             body={"issue": 7, "title": "华森社区公厕整改情况", "content": "本周完成整改三处。"}),
     # scoring: a veto revoked with a second administrator's approval, a policy change rejected

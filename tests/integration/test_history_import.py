@@ -237,3 +237,39 @@ def test_half_a_year_imported_reads_as_lived_with_no_veto_or_notice_for_the_past
     assert june.status_code == 201, june.text
     figures = june.json()["data"]["figures"]
     assert (figures["problems_found"], figures["tasks_closed"]) == (10, 10)
+
+
+@pytest.fixture
+def lone_inspection(amqp_uri, database_url, monkeypatch):
+    from services.plumbing import offload
+    pool = offload.Pool(workers=1)  # cold: its first worker alone takes longer than 0.05 s to start
+    monkeypatch.setattr(offload, "_pool", pool)
+    port = support.free_port()
+    config = support.base_config(amqp_uri, database_url, WEB_ADDRESSES={"inspection": f"127.0.0.1:{port}"},
+                                 MAX_BODY_BYTES=2_000_000, IMPORT_PARSE_SECONDS=0.05)
+    try:
+        with support.running_services(config, InspectionService):
+            yield support.ApiClient(f"http://127.0.0.1:{port}")
+    finally:
+        pool.close()
+
+
+def test_a_zip_bomb_is_refused_naming_the_file_and_a_parse_past_its_limit_is_abandoned(lone_inspection):
+    """Issue 27: a 410 KB workbook expanded to a 400 MB string, held the service 3.4 s and kept
+    its memory. Now its zip directory refuses it before parsing; parsing runs in a worker
+    process and is abandoned past IMPORT_PARSE_SECONDS (here 0.05 s)."""
+    import time
+    from tests.unit.inspection.test_imports import _bomb
+    bomb = _bomb(60 * 1024 * 1024)
+    started = time.monotonic()
+    refused = upload(lone_inspection, bomb)
+    assert time.monotonic() - started < 2
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "file:content_base64" and error["reason"].startswith("文件解压后过大"), error
+
+    slow = upload(lone_inspection, history_workbook(visits()))
+    assert slow.status_code == 422, slow.text
+    [error] = slow.json()["errors"]
+    assert error["field"] == "content_base64" and error["reason"].startswith("表格解析超时"), error
+    assert lone_inspection.get("/health/live").status_code == 200

@@ -262,6 +262,22 @@ def test_questionnaires_are_defined_by_administrators_versioned_and_checked(indi
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "items[0].satisfied"
 
 
+def test_questionnaires_are_read_by_their_office_and_those_above_and_below_it_only(indicators):
+    """Issue 27: another office's administrator listed every questionnaire of the stack."""
+    api = indicators["api"]
+    defined = api.as_user("街道管理员", [("administrator", STREET)]).post("/questionnaires", QUESTIONNAIRE)
+    assert defined.status_code == 201, defined.text
+    code, version = defined.json()["code"], defined.json()["version"]
+    for grants in ([("administrator", STREET)], [("viewer", "411502000000")], [("inspector", ZHOUJIASHAN)]):
+        who = api.as_user("本辖区人员", grants)
+        assert [q["code"] for q in who.get("/questionnaires").json()] == [code], grants
+        assert who.get(f"/questionnaires/{code}/{version}").status_code == 200
+    other = api.as_user("老城街道管理员", [("administrator", LAOCHENG)])
+    listed = other.get("/questionnaires")
+    assert listed.status_code == 200 and listed.json() == []
+    assert other.get(f"/questionnaires/{code}/{version}").status_code == 404
+
+
 def test_a_wave_draws_the_same_sample_from_the_same_seed_and_shows_each_code_once(indicators):
     interviewer, survey, zhou, huasen = drawn_wave(indicators["api"])
     assert survey["seed"] == 42 and len(survey["respondents"]) == 20 and len(zhou) == len(huasen) == 10

@@ -23,7 +23,7 @@ from services.contracts.events.inspection import PlaceRef
 from services.contracts.events.scoring import PolicyRef, ScoredSubject, ScorePublished
 from services.contracts.events.tasks import (CoordinationRequested, Responsible, TaskOpened, TaskOverdue, TaskRef,
                                              TaskRelapsed)
-from services.contracts.periods import CST
+from services.contracts.periods import CST, Period, PeriodKind
 from services.notify.models import Notification, ScoreRow, TaskRow
 from services.notify.service import NotifyService
 from tests import support
@@ -540,6 +540,20 @@ def test_bulletins_are_kept_a_second_one_is_a_new_revision_and_bad_periods_make_
     assert [b["revision"] for b in api.get("/bulletins", params={"period": "2026-11"}).json()] == [2, 1]  # none made
 
 
+def test_no_bulletin_for_a_month_that_has_not_ended(notify_stack):
+    """Issue 27: the running month's bulletin was accepted and published to the public board.
+    Refused naming the period, in Chinese first; nothing is kept; last month's is made."""
+    api = notify_stack["api"]
+    now = datetime.now(CST)
+    current = Period.containing(PeriodKind.month, now)
+    refused = api.post("/bulletins", {"period": current.key, "notify": False})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "period" and error["reason"].startswith("本月尚未结束，不能发布本月通报"), error
+    assert api.get("/bulletins", params={"period": current.key}).json() == []
+    assert api.post("/bulletins", {"period": current.previous().key, "notify": False}).status_code == 201
+
+
 def test_a_slow_channel_does_not_hold_up_the_others(start_notify, tmp_path):
     """Ordering, not a stopwatch: the SMTP server and one bot hang until the test lets them go,
     with timeouts far beyond the test's reach, so the fast bot's call can only have been made
@@ -725,13 +739,10 @@ def test_the_scheduled_bulletin_is_made_once_however_many_instances_run(notify_s
     try:
         with Session(engine) as session, session.begin():
             assert ops.generate_due_bulletin(session, ctx, day_of_month=2, now=first_of_december) is None
-            # One asked for while November was still running does not stand in for the final one.
-            ops.generate_bulletin(session, ctx, "2026-11", now=datetime(2026, 11, 23, 9, tzinfo=CST))
         results = list(eventlet.GreenPool(4).imap(scheduled_run, range(4)))
         assert sorted(results, key=str) == ["2026-11", None, None, None]
         kept = notify_stack["api"].get("/bulletins").json()
-        assert [(b["trigger"], b["revision"], b["period"]) for b in kept] == [("schedule", 2, "2026-11"),
-                                                                             ("api", 1, "2026-11")]
+        assert [(b["trigger"], b["revision"], b["period"]) for b in kept] == [("schedule", 1, "2026-11")]
         with Session(engine) as session, session.begin():  # the next day: already done
             assert ops.generate_due_bulletin(session, ctx, now=first_of_december + timedelta(days=1)) is None
     finally:

@@ -4,6 +4,9 @@ photos stay with the inspecting office until it is released)."""
 from __future__ import annotations
 
 import hashlib
+import time
+
+import eventlet
 
 import pytest
 import requests
@@ -171,3 +174,76 @@ def test_a_bucket_that_does_not_exist_fails_the_start_naming_the_setting(amqp_ur
             runner.start()
     finally:
         runner.kill()
+
+
+def test_a_photo_with_too_many_pixels_is_refused_from_its_header_at_once(stack):
+    from tests.unit.photos.test_photo_domain import HUGE_WEBP
+    urls, _ = stack
+    inspector = support.ApiClient(urls["photos"]).as_user("王芳", [("inspector", STREET)])
+    started = time.monotonic()
+    refused = upload(urls["photos"], inspector, HUGE_WEBP, content_type="image/webp")
+    assert time.monotonic() - started < 1.5
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["errors"][0]
+    assert error["field"] == "body" and error["reason"].startswith("照片像素过多：7000×7000")
+
+
+@pytest.fixture
+def roomy_stack(amqp_uri, database_url, tmp_path, monkeypatch):
+    """Photos allowed up to 50 megapixels, 30 s of decoding and 2 GiB a worker: the 7,000 × 7,000
+    WebP passes its header and takes seconds to decode."""
+    from services.plumbing import offload
+    pool = offload.Pool(memory_mb=2048)
+    monkeypatch.setattr(offload, "_pool", pool)
+    request_close = pool.close
+    port = support.free_port()
+    config = support.base_config(amqp_uri, database_url, PHOTOS_DIR=str(tmp_path / "photos"),
+                                 PHOTOS_MAX_PIXELS=50_000_000, PHOTOS_DECODE_SECONDS=30,
+                                 WEB_ADDRESSES={"photos": f"127.0.0.1:{port}"})
+    try:
+        with support.running_services(config, PhotosService) as runner:
+            yield f"http://127.0.0.1:{port}", runner
+    finally:
+        request_close()
+
+
+def test_the_service_answers_while_a_costly_photo_is_decoded_and_a_decode_past_its_limit_is_abandoned(roomy_stack):
+    from tests.unit.photos.test_photo_domain import HUGE_WEBP
+    base, runner = roomy_stack
+    inspector = support.ApiClient(base).as_user("王芳", [("inspector", STREET)])
+    upload(base, inspector, jpeg())  # a worker is started
+
+    done = {}
+
+    def slow_upload():
+        started = time.monotonic()
+        done["response"] = upload(base, inspector, HUGE_WEBP, content_type="image/webp")
+        done["seconds"] = time.monotonic() - started
+
+    uploading = eventlet.spawn(slow_upload)
+    eventlet.sleep(0.3)
+    waits = []
+    while "response" not in done:
+        started = time.monotonic()
+        assert requests.get(f"{base}/health/live", timeout=30).status_code == 200
+        waits.append(time.monotonic() - started)
+        eventlet.sleep(0.1)
+    uploading.wait()
+    assert done["response"].status_code == 201, done["response"].text
+    assert done["response"].json()["width"] == 7000
+    assert done["seconds"] > 1.5 and len(waits) >= 3
+    # The decode held every request for all its seconds before (issue 27); generous for a busy machine.
+    assert max(waits) < min(1.5, done["seconds"] / 2), (waits, done["seconds"])
+
+    # Past its time limit the decode is abandoned (422, field body) and the next photo is served
+    # by a new worker.
+    container = next(iter(runner.containers))
+    provider = next(d for d in container.dependencies if getattr(d, "attr_name", "") == "photos")
+    provider.limits = provider.limits.__class__(provider.limits.max_bytes, provider.limits.max_pixels, 0.5)
+    # Another picture (7,000 × 6,999 black pixels): not the one stored already.
+    other = bytes.fromhex("524946461a000000574542505650384c0e0000002f579bd506071011fd0f4444ff03")
+    refused = upload(base, inspector, other, content_type="image/webp")
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["errors"][0]
+    assert error["field"] == "body" and error["reason"].startswith("照片解码超时"), error
+    assert upload(base, inspector, jpeg(taken="2026:11:21 08:00:00")).status_code == 201

@@ -77,6 +77,12 @@ def generate_bulletin(session: Session, ctx: NotifyContext, period_key: str, tri
     start, end = period_window(period)
     if start > now:
         raise NotifyRuleViolation("period", f"{period.key} has not begun")
+    if end > now:
+        # The bulletin goes to the public board and to every subject ranked: a month's figures
+        # are published once the month has ended (Beijing time), never half-way (issue 27).
+        raise NotifyRuleViolation("period", f"本月尚未结束，不能发布本月通报（{period.key}于北京时间"
+                                            f"{end.astimezone(CST):%Y-%m-%d %H:%M}结束） "
+                                            f"(the month {period.key} has not ended: no bulletin for it yet)")
     node = ctx.home
     document, _ = effective_rules(session, node)
     data = assemble_bulletin(period.key, node, ctx.name_of(node), _score_facts(session, node, period.key),
@@ -117,7 +123,7 @@ def generate_due_bulletin(session: Session, ctx: NotifyContext, day_of_month: in
         return None
     period = Period.containing(PeriodKind.month, local).previous()
     advisory_xact_lock(session, f"notify-bulletin:{ctx.home}:{period.key}")
-    # One made on demand while the month was still running does not count: it missed the end.
+    # Made at or after the end only (one mid-month is refused since issue 27; older ones missed the end).
     _, end = period_window(period)
     exists = session.execute(select(Bulletin.id).where(Bulletin.node == ctx.home, Bulletin.period == period.key,
                                                        Bulletin.generated_at >= end).limit(1)).first()

@@ -97,3 +97,40 @@ def test_not_a_workbook():
     with pytest.raises(ImportRejected) as rejected:
         parse_workbook(b"PK\x03\x04 not really", NOW)
     assert rejected.value.issues[0].column == "content_base64"
+
+
+def _bomb(expanded: int) -> bytes:
+    """The template with the first header of its first sheet swollen to a string of `expanded`
+    bytes: a few hundred KB on the wire (issue 27: 410 KB became a 400 MB string in the parser)."""
+    import zipfile
+    source = zipfile.ZipFile(io.BytesIO(template_workbook()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                assert "<t>类型</t>".encode() in data
+                data = data.replace("<t>类型</t>".encode(), b"<t>" + b"A" * expanded + b"</t>", 1)
+            target.writestr(item, data)
+    return out.getvalue()
+
+
+def test_a_zip_bomb_is_refused_from_the_zip_directory_before_anything_is_parsed():
+    import time
+    content = _bomb(60 * 1024 * 1024)
+    assert len(content) < 1_000_000
+    started = time.perf_counter()
+    with pytest.raises(ImportRejected) as rejected:
+        parse_workbook(content, NOW)
+    assert time.perf_counter() - started < 1
+    [issue] = rejected.value.issues
+    assert issue.field == "file:content_base64" and issue.reason.startswith("文件解压后过大")
+
+
+def test_cells_beyond_the_columns_of_a_sheet_are_not_read():
+    from services.inspection import imports
+    assert imports.MAX_COLUMNS >= max(len(columns) for columns in COLUMNS.values())
+    wide = [header(SUBJECTS) + [None] * 200 + ["far away"]]
+    wide.append(["下级单位", "411502008001", "周家山社区"] + [None] * 200 + ["x" * 100])
+    plan = parse_workbook(workbook({SUBJECTS: wide}), NOW)
+    assert [s.name for s in plan.subjects] == ["周家山社区"]

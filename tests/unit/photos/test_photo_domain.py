@@ -141,3 +141,26 @@ def test_the_disk_store_is_content_addressed_and_refuses_path_tricks(tmp_path):
     for bad in ("../etc/passwd", ".hidden", "a/b", ""):
         with pytest.raises(ValueError):
             store.put(bad, b"x")
+
+
+# A lossless WebP of 7,000 × 7,000 white pixels: 38 bytes on the wire, seconds to decode (issue 27).
+HUGE_WEBP = bytes.fromhex("524946461e000000574542505650384c110000002f57dbd50607d0fffef7bfff8188e87f0000")
+
+
+def test_too_many_pixels_are_refused_from_the_header_before_any_pixel_is_decoded():
+    import time
+    assert domain.DEFAULT_MAX_PIXELS <= 24_000_000
+    started = time.perf_counter()
+    with pytest.raises(RuleViolation) as caught:
+        domain.header(HUGE_WEBP)
+    assert time.perf_counter() - started < 0.5
+    assert caught.value.field == "body"
+    assert caught.value.reason.startswith("照片像素过多：7000×7000，上限16000000像素")
+    with pytest.raises(RuleViolation):
+        domain.examine(HUGE_WEBP)
+
+
+def test_decode_gives_the_facts_and_the_thumbnail_in_one_trip():
+    facts, thumb = domain.decode(jpeg(gps=XINYANG))
+    assert (facts.width, facts.height, facts.gps) == (640, 480, {"lat": 32.1234, "lng": 114.0567})
+    assert thumb[:2] == b"\xff\xd8"
