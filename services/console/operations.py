@@ -134,7 +134,8 @@ class Pages:
                 "explain_rows": views.explain_rows((explain or {}).get("explain") or {})}
 
     def bulletins(self) -> dict:
-        return {**self.common(), "bulletins": self._get("notify", "/bulletins") or []}
+        return {**self.common(), "bulletins": self._get("notify", "/bulletins") or [],
+                "bulletin_month": views.last_closed_month(self.now)}
 
     def admin(self) -> dict:
         me = self._get("accounts", "/me") or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from services.contracts.identity import ADMINISTRATOR, INSPECTOR, RECTIFIER, Principal
 from services.contracts.periods import CST, Period, PeriodKind
@@ -48,6 +48,13 @@ class UserView:
 
 def this_month(now: datetime) -> str:
     return Period.containing(PeriodKind.month, now.astimezone(CST)).key
+
+
+def last_closed_month(now: datetime) -> str:
+    """The month a bulletin is issued for by default: the last one that has ended (Beijing
+    time) — a bulletin for the month still running is refused (issue 27)."""
+    first_of_month = now.astimezone(CST).replace(day=1, hour=12)
+    return Period.containing(PeriodKind.month, first_of_month - timedelta(days=1)).key
 
 
 def light_counts(tasks: list[dict]) -> dict[str, int]:
