@@ -2,7 +2,7 @@
 
     python benchmarks/embedded.py [--seconds 60] [--rate 6] [--inspectors 4] [--readers 2]
 
-Runs `chuangwei-stack` exactly as the README does (every service in one process, the SQLite
+Runs `chuangwei-stack` exactly as the README does (its three processes, or --one-process; the SQLite
 file it defaults to — here in a temporary directory — a fresh vhost of the local RabbitMQ,
 free ports), makes the office's administrator with the README's `create-admin`, and signs in
 as the office's staff would. Then for --seconds:
@@ -56,7 +56,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @contextlib.contextmanager
-def default_stack(workdir: Path):
+def default_stack(workdir: Path, one_process: bool = False):
     """`chuangwei-stack` on a SQLite file in `workdir`, its own vhost and free ports."""
     rabbit = support.RabbitAdmin()
     vhost = support.unique_name("bench-embedded")
@@ -74,7 +74,8 @@ def default_stack(workdir: Path):
         raise SystemExit(f"create-admin failed: {admin.stderr}")
     log_path = workdir / "stack.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.tools.stack"], env=env, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "services.tools.stack",
+                                 *(["--one-process"] if one_process else [])], env=env, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -147,14 +148,15 @@ def prepare(urls: dict, inspectors: int) -> tuple[list[Session], Session, list[d
     return people, Session(urls["accounts"], "reader", PASSWORD), places
 
 
-def run(seconds: float, rate: float, inspectors: int, readers: int, keep: str | None = None) -> dict:
+def run(seconds: float, rate: float, inspectors: int, readers: int, keep: str | None = None,
+        one_process: bool = False) -> dict:
     with contextlib.ExitStack() as stack:
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             tmp = keep
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-embedded-"))
-        urls, log_path = stack.enter_context(default_stack(Path(tmp)))
+        urls, log_path = stack.enter_context(default_stack(Path(tmp), one_process))
         people, reader, places = prepare(urls, inspectors)
         latencies: dict[str, list[float]] = {}
         failures: dict[str, list[str]] = {}
@@ -251,8 +253,9 @@ def main() -> None:
     parser.add_argument("--inspectors", type=int, default=4)
     parser.add_argument("--readers", type=int, default=2)
     parser.add_argument("--keep", metavar="DIR", help="keep the stack's database and log in DIR (a new directory)")
+    parser.add_argument("--one-process", action="store_true", help="chuangwei-stack --one-process")
     args = parser.parse_args()
-    result = run(args.seconds, args.rate, args.inspectors, args.readers, args.keep)
+    result = run(args.seconds, args.rate, args.inspectors, args.readers, args.keep, args.one_process)
     print(f"\n{result['submitted']} inspections submitted in {args.seconds:.0f} s by {args.inspectors} inspectors "
           f"({result['accepted']} stored), {args.readers} readers every 0.5 s\n")
     print("| request | count | p50 (ms) | p99 (ms) | max (ms) | failed |")
