@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.tools.broker import node_env
 from tests import support
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -101,23 +102,7 @@ class RabbitNode:
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        env.update({
-            "HOME": str(self.home),
-            "RABBITMQ_NODENAME": self.nodename,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.base / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
-            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-        })
-        return env
+        return node_env(self.base, self.nodename, self.port, self.dist_port)
 
     def start(self, wait: bool = True) -> "RabbitNode":
         log = open(self.base / "log" / "console.log", "ab")

@@ -66,6 +66,28 @@ def answers(amqp_uri: str, timeout: float = 5.0) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def node_env(base: Path, nodename: str, port: int, dist_port: int) -> dict[str, str]:
+    """The environment of a RabbitMQ node whose name, ports, cookie (HOME), data, logs and
+    config all live under `base` — never the machine's own node's (the fault tests' nodes too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+    env.update({
+        "HOME": str(base / "home"),
+        "RABBITMQ_NODENAME": nodename,
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_PID_FILE": str(base / "pid"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    })
+    return env
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -80,23 +102,7 @@ class LocalNode:
         self.nodename = f"chuangwei-{port}@localhost"  # one per port: never the machine's own node
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        env.update({
-            "HOME": str(self.base / "home"),
-            "RABBITMQ_NODENAME": self.nodename,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(_free_port()),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.base / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
-            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-        })
-        return env
+        return node_env(self.base, self.nodename, self.port, _free_port())
 
     def _prepare(self) -> None:
         for sub in ("home", "mnesia", "log"):
