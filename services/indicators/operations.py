@@ -36,7 +36,7 @@ from services.indicators.schemas import (AreaSatisfactionOut, ChildReportOut, Cl
                                          PublicAnswerOut, QuestionnaireIn, QuestionnaireOut, RateOut, ReadingOut,
                                          ResponseOut, RespondentOut, SatisfactionOut, SurveyIn, SurveyOut,
                                          VerdictOut)
-from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, client_key
+from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, client_key, stored_for_key
 from services.plumbing.rate_limit import RateLimit
 from services.plumbing.sql import advisory_xact_lock
 
@@ -180,17 +180,9 @@ def record_form(session: Session, ctx: Context, principal: Principal, body: Dens
     area = _within_home(ctx, body.area, "area")
     principal.require(RECORDERS, area, "area")
     key = client_key(body.idempotency_key, FORM_ENDPOINT, principal.subject, body, "idempotency_key")
-    existing = session.execute(select(DensityForm).where(
-        DensityForm.idempotency_scope == key.scope, DensityForm.idempotency_key == key.key)).scalar_one_or_none()
-    if existing is None:
-        # A key stored before keys were scoped: the same person's retry adopts it.
-        existing = session.execute(select(DensityForm).where(
-            DensityForm.idempotency_scope.is_(None), DensityForm.idempotency_key == key.key,
-            DensityForm.recorded_by_subject == principal.subject).limit(1)).scalar_one_or_none()
-        if existing is not None and (existing.area != area or existing.period != body.period):
-            raise StateConflict(key.field, KEY_REUSED)
-        if existing is not None:
-            existing.idempotency_scope, existing.request_fingerprint = key.scope, key.fingerprint
+    existing = stored_for_key(session, DensityForm, key, DensityForm.recorded_by_subject == principal.subject)
+    if existing is not None and (existing.area != area or existing.period != body.period):
+        raise StateConflict(key.field, KEY_REUSED)
     if existing is not None:
         key.check_retry(existing.request_fingerprint)
         return _form_out(session, ctx, existing), False
@@ -435,15 +427,7 @@ def create_survey(session: Session, ctx: Context, principal: Principal, body: Su
     """Draw the sample of each area and give every respondent a one-time answer code (shown once)."""
     key = client_key(body.idempotency_key, SURVEY_ENDPOINT, principal.subject, body, "idempotency_key")
     if key is not None:
-        existing = session.execute(select(Survey).where(
-            Survey.idempotency_scope == key.scope, Survey.idempotency_key == key.key)).scalar_one_or_none()
-        if existing is None:
-            # A key stored before keys were scoped: the same person's retry adopts it.
-            existing = session.execute(select(Survey).where(
-                Survey.idempotency_scope.is_(None), Survey.idempotency_key == key.key,
-                Survey.created_by == principal.label).limit(1)).scalar_one_or_none()
-            if existing is not None:
-                existing.idempotency_scope, existing.request_fingerprint = key.scope, key.fingerprint
+        existing = stored_for_key(session, Survey, key, Survey.created_by == principal.label)
         if existing is not None:
             key.check_retry(existing.request_fingerprint)
             if not principal.sees(existing.node):

@@ -33,7 +33,7 @@ from services.inspection.domain import (UNANNOUNCED, InspectionRuleViolation,
                                         subtree_prefixes)
 from services.inspection import imports
 from services.inspection.models import Inspection, ItemResult, Place, Subject
-from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, ClientKey, client_key, key_scope
+from services.plumbing.idempotency import KEY_IN_FLIGHT, KEY_REUSED, client_key, key_scope, stored_for_key
 from services.inspection.schemas import (InspectionIn, InspectionOut, ItemResultIn, ItemResultOut, ListQuery,
                                          NodeQuery, PlaceCreate, PlaceOut, PlaceQuery, SubjectCreate, SubjectOut,
                                          ChecklistChoice)
@@ -337,19 +337,6 @@ INSPECTION_ENDPOINT = "POST /inspections"
 IMPORT_ENDPOINT = "POST /imports"
 
 
-def _stored_for_key(session: Session, key: ClientKey, caller: Principal) -> Inspection | None:
-    existing = session.execute(select(Inspection).where(
-        Inspection.idempotency_scope == key.scope, Inspection.idempotency_key == key.key)).scalar_one_or_none()
-    if existing is None:
-        # A key stored before keys were scoped: the same person's retry adopts it.
-        existing = session.execute(select(Inspection).where(
-            Inspection.idempotency_scope.is_(None), Inspection.idempotency_key == key.key,
-            Inspection.recorded_by == caller.label).limit(1)).scalar_one_or_none()
-        if existing is not None:
-            existing.idempotency_scope = key.scope
-    return existing
-
-
 def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue, jurisdiction: Jurisdiction,
                       outbox: OutboxLike, scale: int, caller: Principal,
                       now: datetime | None = None, key_field: str = "idempotency_key") -> tuple[InspectionOut, bool]:
@@ -363,7 +350,7 @@ def record_inspection(session: Session, data: InspectionIn, catalogue: Catalogue
     now = now or _now()
     key = client_key(data.idempotency_key, INSPECTION_ENDPOINT, caller.subject, data, key_field)
     if key is not None:
-        existing = _stored_for_key(session, key, caller)
+        existing = stored_for_key(session, Inspection, key, Inspection.recorded_by == caller.label)
         if existing is not None:
             key.check_retry(existing.request_fingerprint)
             if not _seen(session, existing, jurisdiction.home).visible_to(caller):

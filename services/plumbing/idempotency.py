@@ -131,6 +131,25 @@ class ClientKey:
         return StateConflict(self.field, KEY_IN_FLIGHT)
 
 
+def stored_for_key(session: Session, model, key: ClientKey, sent_by_caller) -> Any | None:
+    """The row `model` stored under `key`; else one stored under the bare key before keys were
+    scoped whose sender was the caller (`sent_by_caller`: a clause such as
+    `Model.recorded_by == principal.label`), which adopts the scope and the fingerprint, so the
+    same person's retries are answered from it. Tables keep `idempotency_scope`,
+    `idempotency_key` and `request_fingerprint`."""
+    row = session.execute(select(model).where(
+        model.idempotency_scope == key.scope, model.idempotency_key == key.key)).scalar_one_or_none()
+    if row is None:
+        row = session.execute(select(model).where(
+            model.idempotency_scope.is_(None), model.idempotency_key == key.key, sent_by_caller).limit(1)
+        ).scalar_one_or_none()
+        if row is not None:
+            row.idempotency_scope = key.scope
+            if row.request_fingerprint is None:
+                row.request_fingerprint = key.fingerprint
+    return row
+
+
 def key_scope(endpoint: str, caller: str) -> str:
     """The scope of a key, as stored (64 hex characters, whatever the subject's length)."""
     return hashlib.sha256(f"{endpoint}\x00{caller}".encode("utf-8")).hexdigest()
